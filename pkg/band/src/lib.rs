@@ -1,0 +1,1 @@
+//! LoRaWAN Regional Parameters (RP002-1.0.4).

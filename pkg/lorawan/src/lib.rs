@@ -1,0 +1,9 @@
+//! LoRaWAN L2 1.0.x and 1.1 in pure Rust: identifiers, PHYPayload codec, MAC commands,
+//! cryptography and frame-counter helpers. No I/O and no async: every other Tern crate that
+//! needs LoRaWAN's bytes goes through this one.
+
+#![forbid(unsafe_code)]
+
+pub mod types;
+
+pub use types::{Aes128Key, DevAddr, DevNonce, Eui64, JoinNonce, NetId, ParseError};
