@@ -1,0 +1,53 @@
+# Tern: the two commands a newcomer needs are `make run` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: run test lint fmt tools bench bench-lorawan fuzz-smoke e2e build
+
+## Make sure protoc and other system tools are present (installed from Debian when missing).
+tools:
+	@scripts/ensure-tools.sh
+
+build: tools
+	$(CARGO) build --release --workspace
+
+## Build and start the stack. The server binary arrives with the runtime issue; until then
+## this builds everything and shows the admin CLI, which already decodes and encodes frames.
+run: tools
+	$(CARGO) build --release -p ternctl
+	@echo "The tern server is not built yet; showing ternctl, the admin CLI, instead."
+	./target/release/ternctl --help
+
+## The whole test suite: unit, property, vector and CLI tests, then doc tests.
+test: tools
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --all-targets --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --all-targets --no-fail-fast; \
+	fi
+	$(CARGO) test --workspace --doc
+
+## Formatting and lints, as CI runs them.
+lint: tools
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## All benchmarks.
+bench: tools
+	$(CARGO) bench --workspace
+
+## Criterion benchmarks of decode, MIC and decrypt of a 20-byte uplink.
+bench-lorawan:
+	$(CARGO) bench -p lorawan --bench uplink
+
+## A short libFuzzer run of every fuzz target (not in CI: it builds libFuzzer first).
+FUZZ_SECONDS ?= 30
+fuzz-smoke:
+	scripts/fuzz-smoke.sh $(FUZZ_SECONDS)
+
+## End-to-end scenarios (arrive with the e2e issue).
+e2e:
+	@echo "no end-to-end scenarios yet"

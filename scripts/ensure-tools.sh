@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the system tools the build and tests need, only when they are missing, so that
+# `make run` and `make test` work on a fresh Debian machine with nothing installed by hand.
+# Each entry is "command:debian-package".
+set -euo pipefail
+
+tools=(
+  "protoc:protobuf-compiler" # tonic-build and etcd-client's build script need protoc
+)
+
+missing=()
+for entry in "${tools[@]}"; do
+  cmd=${entry%%:*}
+  pkg=${entry#*:}
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "ensure-tools: installing ${missing[*]}" >&2
+# `apt-get update` once per run: a fresh machine has empty package lists.
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
