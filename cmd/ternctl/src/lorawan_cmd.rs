@@ -309,11 +309,12 @@ fn hex_field(name: &str, bytes: &[u8]) -> Result<Vec<u8>> {
     hex::decode(bytes).with_context(|| format!("--{name} is not hex"))
 }
 
-fn mac_commands_json(dir: Direction, bytes: &[u8]) -> Value {
+/// Adds `mac_commands`, or `mac_commands_error` when the bytes are not valid MAC commands.
+fn insert_mac_commands(out: &mut Map<String, Value>, dir: Direction, bytes: &[u8]) {
     match MacCommand::decode_all(dir, bytes) {
-        Ok(cmds) => json!(cmds),
-        Err(e) => json!({ "error": e.to_string() }),
-    }
+        Ok(cmds) => out.insert("mac_commands".into(), json!(cmds)),
+        Err(e) => out.insert("mac_commands_error".into(), json!(e.to_string())),
+    };
 }
 
 fn decode(a: &DecodeArgs) -> Result<Value> {
@@ -447,7 +448,7 @@ fn decode_data(
         }
     }
     if let Some(bytes) = mac_bytes {
-        out.insert("mac_commands".into(), mac_commands_json(dir, &bytes));
+        insert_mac_commands(out, dir, &bytes);
     }
     insert_mic(
         out,
