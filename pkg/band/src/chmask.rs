@@ -110,6 +110,11 @@ impl RegionParams {
     ///   applies to 64–71.
     /// - CN470 (96 channels): 0–5 = ChMask applies to channels 16·n…16·n+15; 6 = all on;
     ///   7 is RFU.
+    /// - RP002 CN470 20 MHz plans (64 channels): 0–3 = ChMask applies to channels
+    ///   16·n…16·n+15; 4, 5 are RFU; 6 = all channels on; 7 = all channels off (a later block
+    ///   of the same request re-enables some).
+    /// - RP002 CN470 26 MHz plans (48 channels): 0–2 = ChMask applies to channels
+    ///   16·n…16·n+15; 3 = all channels on; 4 = all channels off; 5–7 are RFU.
     pub fn apply_ch_mask(
         &self,
         current: ChannelMask,
@@ -142,6 +147,18 @@ impl RegionParams {
                         mask.put(0, 64, narrow);
                         mask.put(64, 8, u128::from(bits & 0xff));
                     }
+                    _ => return Err(invalid),
+                },
+                (Region::Cn470A20 | Region::Cn470B20, _) => match cntl {
+                    0..=3 => mask.put16(16 * cntl as usize, bits),
+                    6 => mask = defined,
+                    7 => mask = ChannelMask::empty(),
+                    _ => return Err(invalid),
+                },
+                (Region::Cn470A26 | Region::Cn470B26, _) => match cntl {
+                    0..=2 => mask.put16(16 * cntl as usize, bits),
+                    3 => mask = defined,
+                    4 => mask = ChannelMask::empty(),
                     _ => return Err(invalid),
                 },
                 (_, ChannelLayout::Fixed { .. }) => match cntl {

@@ -6,6 +6,13 @@
 //! ([`Region`], [`RegionParams`]); the operator-facing frequency plans built on top of them
 //! ([`FrequencyPlan`]); and the LoRa/FSK time-on-air formula ([`toa`]).
 //!
+//! China 470–510 MHz comes in two generations: [`Region::Cn470`] (plan `CN_470_510`) is the
+//! older 96-uplink/48-downlink layout, kept for the devices that still use it; the four
+//! RP002-1.0.4 channel plans are [`Region::Cn470A20`], [`Region::Cn470B20`],
+//! [`Region::Cn470A26`] and [`Region::Cn470B26`] (plans `CN_470_510_20_A`, `CN_470_510_20_B`,
+//! `CN_470_510_26_A`, `CN_470_510_26_B`), with their common join channels in
+//! [`RegionParams::common_join_channels`].
+//!
 //! All frequencies are in Hz, all powers in dBm (EIRP) or dB, all durations are
 //! [`std::time::Duration`].
 //!
@@ -47,8 +54,9 @@ pub use datarate::{DataRate, DataRateEntry, Direction, LrFhssCodingRate};
 pub use error::BandError;
 pub use plan::{FrequencyPlan, MAX_IF_OFFSET_HZ, PlanChannel, RadioChannel, RadioLayout};
 pub use region::{
-    BeaconParams, CfListType, Channel, ChannelLayout, DwellTimeRule, FixedChannelBlock,
-    PayloadSize, PingSlotParams, Region, RegionParams, Rx1ChannelRule, Rx2Params, SubBand,
+    BeaconParams, CfListType, Channel, ChannelLayout, CommonJoinChannel, DwellTimeRule,
+    FixedChannelBlock, PayloadSize, PingSlotParams, Region, RegionParams, Rx1ChannelRule,
+    Rx2Params, SubBand,
 };
 
 use std::time::Duration;

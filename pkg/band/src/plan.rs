@@ -444,6 +444,8 @@ static RU_864_870: FrequencyPlan = FrequencyPlan {
     fsb: None,
 };
 
+// `CN_470_510` is the older 96-uplink/48-downlink CN470 layout; it stays unchanged for the
+// devices that use it. The RP002-1.0.4 plans follow below as `CN_470_510_{20,26}_{A,B}`.
 static CN_470_510_CH: [Channel; 8] = fsb_channels(470_300_000, 1, 0, 5);
 
 static CN_470_510: FrequencyPlan = FrequencyPlan {
@@ -462,6 +464,74 @@ static CN_470_510: FrequencyPlan = FrequencyPlan {
     downlink_dwell_time: false,
     fsb: None,
 };
+
+// RP002-1.0.4 CN470 plans: eight 200 kHz channels (DR1–DR5) of one channel group, chosen
+// so that they contain the common join channel whose RX2 is the plan's default RX2
+// (20 MHz type A: join channel 1; type B: join channel 9; 26 MHz: the first join channel).
+
+macro_rules! cn470_rp2_plan {
+    ($plan:ident, $chans:ident, $id:literal, $name:literal, $region:expr,
+     $group_first:expr, $block:literal, $rx2:expr) => {
+        static $chans: [Channel; 8] = fsb_channels($group_first, $block, 1, 5);
+        static $plan: FrequencyPlan = FrequencyPlan {
+            id: $id,
+            name: $name,
+            region: $region,
+            uplink_channels: &$chans,
+            lora_standard_channel: None,
+            fsk_channel: None,
+            rx2: Rx2Params {
+                frequency: $rx2,
+                dr: 1,
+            },
+            max_eirp_dbm: 19.15,
+            uplink_dwell_time: false,
+            downlink_dwell_time: false,
+            fsb: None,
+        };
+    };
+}
+
+cn470_rp2_plan!(
+    CN_470_510_20_A,
+    CN_470_510_20_A_CH,
+    "CN_470_510_20_A",
+    "China 470-510 MHz RP002 20 MHz antenna type A: channels 8-15 (471.9-473.3 MHz, join 472.5)",
+    Region::Cn470A20,
+    470_300_000,
+    2,
+    486_900_000
+);
+cn470_rp2_plan!(
+    CN_470_510_20_B,
+    CN_470_510_20_B_CH,
+    "CN_470_510_20_B",
+    "China 470-510 MHz RP002 20 MHz antenna type B: channels 40-47 (498.5-499.9 MHz, join 499.9)",
+    Region::Cn470B20,
+    496_900_000,
+    2,
+    498_300_000
+);
+cn470_rp2_plan!(
+    CN_470_510_26_A,
+    CN_470_510_26_A_CH,
+    "CN_470_510_26_A",
+    "China 470-510 MHz RP002 26 MHz antenna type A: channels 0-7 (470.3-471.7 MHz, join 470.3)",
+    Region::Cn470A26,
+    470_300_000,
+    1,
+    492_500_000
+);
+cn470_rp2_plan!(
+    CN_470_510_26_B,
+    CN_470_510_26_B_CH,
+    "CN_470_510_26_B",
+    "China 470-510 MHz RP002 26 MHz antenna type B: channels 0-7 (480.3-481.7 MHz, join 480.3)",
+    Region::Cn470B26,
+    480_300_000,
+    1,
+    502_500_000
+);
 
 static EU_433_CH: [Channel; 8] = [
     ch(433_175_000, 0, 5),
@@ -517,7 +587,7 @@ static CN_779_787: FrequencyPlan = FrequencyPlan {
     fsb: None,
 };
 
-static ALL_PLANS: [&FrequencyPlan; 27] = [
+static ALL_PLANS: [&FrequencyPlan; 31] = [
     &EU_863_870,
     &US_FSB_1,
     &US_FSB_2,
@@ -543,6 +613,10 @@ static ALL_PLANS: [&FrequencyPlan; 27] = [
     &IN_865_867,
     &RU_864_870,
     &CN_470_510,
+    &CN_470_510_20_A,
+    &CN_470_510_20_B,
+    &CN_470_510_26_A,
+    &CN_470_510_26_B,
     &EU_433,
     &CN_779_787,
 ];

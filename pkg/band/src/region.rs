@@ -43,10 +43,27 @@ pub enum Region {
     /// Russia 864–870 MHz.
     #[serde(rename = "RU864")]
     Ru864,
-    /// China 470–510 MHz, in the 96-uplink/48-downlink channel layout of `CN_470_510`
-    /// (the RP002-1.0.4 20 MHz/26 MHz antenna-type plans are not modelled).
+    /// China 470–510 MHz in the older (LoRaWAN 1.0.x / RP001) layout: 96 uplink channels,
+    /// 48 downlink channels, plan `CN_470_510`. Kept for the devices that still use it; new
+    /// devices use one of the four RP002-1.0.4 plans below ([`Region::Cn470A20`] …).
     #[serde(rename = "CN470")]
     Cn470,
+    /// China 470–510 MHz, RP002-1.0.4 channel plan for 20 MHz antennas, type A
+    /// (64 uplink channels in two groups, 64 downlink channels 483.9–496.5 MHz).
+    #[serde(rename = "CN470_20A", alias = "CN_470_510_20_A")]
+    Cn470A20,
+    /// China 470–510 MHz, RP002-1.0.4 channel plan for 20 MHz antennas, type B
+    /// (64 channels in two groups, downlink on the uplink frequency).
+    #[serde(rename = "CN470_20B", alias = "CN_470_510_20_B")]
+    Cn470B20,
+    /// China 470–510 MHz, RP002-1.0.4 channel plan for 26 MHz antennas, type A
+    /// (48 uplink channels 470.3–479.7 MHz, 24 downlink channels 490.1–494.7 MHz).
+    #[serde(rename = "CN470_26A", alias = "CN_470_510_26_A")]
+    Cn470A26,
+    /// China 470–510 MHz, RP002-1.0.4 channel plan for 26 MHz antennas, type B
+    /// (48 uplink channels 480.3–489.7 MHz, 24 downlink channels 500.1–504.7 MHz).
+    #[serde(rename = "CN470_26B", alias = "CN_470_510_26_B")]
+    Cn470B26,
     /// Europe 433 MHz.
     #[serde(rename = "EU433")]
     Eu433,
@@ -57,7 +74,7 @@ pub enum Region {
 
 impl Region {
     /// Every region, in a stable order.
-    pub const ALL: [Region; 13] = [
+    pub const ALL: [Region; 17] = [
         Region::Eu868,
         Region::Us915,
         Region::Au915,
@@ -69,6 +86,10 @@ impl Region {
         Region::In865,
         Region::Ru864,
         Region::Cn470,
+        Region::Cn470A20,
+        Region::Cn470B20,
+        Region::Cn470A26,
+        Region::Cn470B26,
         Region::Eu433,
         Region::Cn779,
     ];
@@ -87,6 +108,10 @@ impl Region {
             Region::In865 => "IN865",
             Region::Ru864 => "RU864",
             Region::Cn470 => "CN470",
+            Region::Cn470A20 => "CN470_20A",
+            Region::Cn470B20 => "CN470_20B",
+            Region::Cn470A26 => "CN470_26A",
+            Region::Cn470B26 => "CN470_26B",
             Region::Eu433 => "EU433",
             Region::Cn779 => "CN779",
         }
@@ -106,6 +131,10 @@ impl Region {
             Region::In865 => &tables::IN865,
             Region::Ru864 => &tables::RU864,
             Region::Cn470 => &tables::CN470,
+            Region::Cn470A20 => &tables::CN470_A20,
+            Region::Cn470B20 => &tables::CN470_B20,
+            Region::Cn470A26 => &tables::CN470_A26,
+            Region::Cn470B26 => &tables::CN470_B26,
             Region::Eu433 => &tables::EU433,
             Region::Cn779 => &tables::CN779,
         }
@@ -119,6 +148,27 @@ impl Region {
             Region::As923Group4 => 5_900_000,
             _ => 0,
         }
+    }
+
+    /// True for the four RP002-1.0.4 CN470 channel plans (not the older [`Region::Cn470`]).
+    pub const fn is_cn470_rp2(self) -> bool {
+        matches!(
+            self,
+            Region::Cn470A20 | Region::Cn470B20 | Region::Cn470A26 | Region::Cn470B26
+        )
+    }
+
+    /// The RP002-1.0.4 CN470 plan a device uses after joining on the common join channel at
+    /// `frequency` (RP002 lets the join channel select the plan); `None` if it is not one.
+    pub fn cn470_plan_for_join_frequency(frequency: u32) -> Option<Region> {
+        [
+            Region::Cn470A20,
+            Region::Cn470B20,
+            Region::Cn470A26,
+            Region::Cn470B26,
+        ]
+        .into_iter()
+        .find(|r| r.params().common_join_channel(frequency).is_some())
     }
 
     /// True for the four AS923 groups.
@@ -143,6 +193,10 @@ impl FromStr for Region {
         let upper = s.trim().to_ascii_uppercase().replace('-', "_");
         let found = match upper.as_str() {
             "AS923_1" => Some(Region::As923),
+            "CN_470_510_20_A" => Some(Region::Cn470A20),
+            "CN_470_510_20_B" => Some(Region::Cn470B20),
+            "CN_470_510_26_A" => Some(Region::Cn470A26),
+            "CN_470_510_26_B" => Some(Region::Cn470B26),
             other => Region::ALL.iter().copied().find(|r| r.name() == other),
         };
         found.ok_or_else(|| BandError::UnknownRegion {
@@ -290,11 +344,68 @@ pub enum ChannelLayout {
     Fixed {
         /// Narrow-band uplink channels, numbered from 0.
         uplink: FixedChannelBlock,
-        /// Wide (500 kHz) uplink channels, numbered after `uplink`.
+        /// A second group of narrow-band uplink channels, numbered right after `uplink`
+        /// (RP002 CN470 20 MHz plans: uplink group 2).
+        uplink_group2: Option<FixedChannelBlock>,
+        /// Wide (500 kHz) uplink channels, numbered after the narrow-band ones.
         uplink_wide: Option<FixedChannelBlock>,
-        /// Downlink channels.
+        /// Downlink channels, numbered from 0.
         downlink: FixedChannelBlock,
+        /// A second group of downlink channels, numbered right after `downlink`
+        /// (RP002 CN470 20 MHz plans: downlink group 2).
+        downlink_group2: Option<FixedChannelBlock>,
     },
+}
+
+/// Channel `index` of the blocks taken in order, numbered consecutively across them.
+fn block_channel(blocks: &[Option<FixedChannelBlock>], index: u8) -> Option<Channel> {
+    let mut i = index;
+    for block in blocks.iter().flatten() {
+        if i < block.count {
+            return block.channel(i);
+        }
+        i -= block.count;
+    }
+    None
+}
+
+/// Index of `frequency` among the blocks taken in order (see [`block_channel`]).
+fn block_index_of(blocks: &[Option<FixedChannelBlock>], frequency: u32) -> Option<u8> {
+    let mut offset = 0u8;
+    for block in blocks.iter().flatten() {
+        if let Some(i) = block.index_of(frequency) {
+            return Some(offset + i);
+        }
+        offset += block.count;
+    }
+    None
+}
+
+/// Total number of channels of the blocks.
+fn block_count(blocks: &[Option<FixedChannelBlock>]) -> u8 {
+    blocks.iter().flatten().map(|b| b.count).sum()
+}
+
+/// An RP002-1.0.4 CN470 common join channel and the defaults of a device that joined on it.
+///
+/// RP002 CN470 devices do not know their channel plan before joining: they send join-requests
+/// on the 20 common join channels, and the channel the join-accept arrives for selects the plan
+/// and, in the 20 MHz plans, the channel group whose RX2, beacon and ping-slot frequencies the
+/// device then uses.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CommonJoinChannel {
+    /// Common join channel number (0–19) as RP002 numbers them.
+    pub index: u8,
+    /// Uplink frequency of the join-request, Hz.
+    pub frequency: u32,
+    /// RX1 frequency of the join-accept, Hz.
+    pub join_accept_rx1_frequency: u32,
+    /// RX2 parameters the device uses after joining here (OTAA).
+    pub rx2: Rx2Params,
+    /// Class B beacon of a device that joined here.
+    pub beacon: BeaconParams,
+    /// Class B default ping slot of a device that joined here.
+    pub ping_slot: PingSlotParams,
 }
 
 /// How the RX1 frequency follows from the uplink frequency.
@@ -509,6 +620,10 @@ impl RegionParams {
                 }
                 dr
             }
+            Region::Cn470A20 | Region::Cn470B20 | Region::Cn470A26 | Region::Cn470B26 => {
+                // RP002 CN470: RX1 = uplink − offset, floor DR1 (DR0 is not used).
+                (i16::from(uplink_dr) - off).max(1)
+            }
             _ => {
                 // EU-like: RX1 = uplink − offset, floor DR0; LR-FHSS rates count as the
                 // LoRa rate with the same sensitivity class (EU868 DR8/10 → DR1, DR9/11 → DR2).
@@ -523,20 +638,18 @@ impl RegionParams {
         Ok(dr as u8)
     }
 
-    /// Index of the fixed uplink channel at `frequency` (US915/AU915: 0..=71, CN470: 0..=95).
-    /// `None` in dynamic regions or if the frequency is not a channel.
+    /// Index of the fixed uplink channel at `frequency` (US915/AU915: 0..=71, CN470: 0..=95,
+    /// RP002 CN470: 0..=63 or 0..=47). `None` in dynamic regions or if the frequency is not a
+    /// channel.
     pub fn uplink_channel_index(&self, frequency: u32) -> Option<u8> {
         match self.channel_layout {
             ChannelLayout::Dynamic { .. } => None,
             ChannelLayout::Fixed {
                 uplink,
+                uplink_group2,
                 uplink_wide,
                 ..
-            } => uplink.index_of(frequency).or_else(|| {
-                uplink_wide
-                    .and_then(|w| w.index_of(frequency))
-                    .map(|i| i + uplink.count)
-            }),
+            } => block_index_of(&[Some(uplink), uplink_group2, uplink_wide], frequency),
         }
     }
 
@@ -546,15 +659,10 @@ impl RegionParams {
             ChannelLayout::Dynamic { .. } => self.default_channels.get(index as usize).copied(),
             ChannelLayout::Fixed {
                 uplink,
+                uplink_group2,
                 uplink_wide,
                 ..
-            } => {
-                if index < uplink.count {
-                    uplink.channel(index)
-                } else {
-                    uplink_wide.and_then(|w| w.channel(index - uplink.count))
-                }
-            }
+            } => block_channel(&[Some(uplink), uplink_group2, uplink_wide], index),
         }
     }
 
@@ -564,9 +672,35 @@ impl RegionParams {
             ChannelLayout::Dynamic { max_channels } => max_channels,
             ChannelLayout::Fixed {
                 uplink,
+                uplink_group2,
                 uplink_wide,
                 ..
-            } => uplink.count + uplink_wide.map_or(0, |w| w.count),
+            } => block_count(&[Some(uplink), uplink_group2, uplink_wide]),
+        }
+    }
+
+    /// Fixed downlink channel `index` (RX1 channels of fixed regions); `None` in dynamic
+    /// regions, where RX1 uses the uplink frequency.
+    pub fn downlink_channel(&self, index: u8) -> Option<Channel> {
+        match self.channel_layout {
+            ChannelLayout::Dynamic { .. } => None,
+            ChannelLayout::Fixed {
+                downlink,
+                downlink_group2,
+                ..
+            } => block_channel(&[Some(downlink), downlink_group2], index),
+        }
+    }
+
+    /// Number of fixed downlink channels (0 in dynamic regions).
+    pub fn max_downlink_channels(&self) -> u8 {
+        match self.channel_layout {
+            ChannelLayout::Dynamic { .. } => 0,
+            ChannelLayout::Fixed {
+                downlink,
+                downlink_group2,
+                ..
+            } => block_count(&[Some(downlink), downlink_group2]),
         }
     }
 
@@ -583,7 +717,18 @@ impl RegionParams {
     /// Channels (with their allowed DR range) a device may send a join-request on.
     /// Dynamic regions: the default channels. US915/AU915: every 125 kHz channel at its
     /// lowest DR (DR0 / DR2 in AU915 with dwell time) and every 500 kHz channel at DR4 / DR6.
+    /// RP002 CN470 plans: the plan's common join channels (DR1–DR5).
     pub fn join_channels(&self) -> Vec<Channel> {
+        if self.region.is_cn470_rp2() {
+            return self
+                .common_join_channels()
+                .iter()
+                .filter_map(|j| {
+                    let i = self.uplink_channel_index(j.frequency)?;
+                    self.uplink_channel(i)
+                })
+                .collect();
+        }
         let mut channels = self.uplink_channels();
         let (narrow_dr, wide_dr) = match self.region {
             Region::Us915 => (0, 4),
@@ -619,10 +764,10 @@ impl RegionParams {
                 }
                 Ok(uplink_frequency)
             }
-            (Rx1ChannelRule::UplinkChannelModulo, ChannelLayout::Fixed { downlink, .. }) => {
+            (Rx1ChannelRule::UplinkChannelModulo, ChannelLayout::Fixed { .. }) => {
                 let index = self.uplink_channel_index(uplink_frequency).ok_or(unknown)?;
-                let ch = downlink
-                    .channel(index % downlink.count)
+                let ch = self
+                    .downlink_channel(index % self.max_downlink_channels())
                     .expect("index is reduced modulo the downlink channel count");
                 Ok(ch.frequency)
             }
@@ -630,9 +775,51 @@ impl RegionParams {
         }
     }
 
-    /// Default RX2 frequency and data rate.
+    /// Default RX2 frequency and data rate (RP002 CN470 20 MHz plans: the ABP default; an
+    /// OTAA device uses the RX2 of its join channel, see [`RegionParams::rx2_after_join`]).
     pub fn rx2_default(&self) -> Rx2Params {
         self.rx2
+    }
+
+    /// RX2 parameters of a device that joined (OTAA) with a join-request on `join_frequency`:
+    /// the RX2 of that common join channel in the RP002 CN470 plans, the region default
+    /// elsewhere. `None` if an RP002 CN470 join frequency is not a common join channel.
+    pub fn rx2_after_join(&self, join_frequency: u32) -> Option<Rx2Params> {
+        if self.region.is_cn470_rp2() {
+            self.common_join_channel(join_frequency).map(|j| j.rx2)
+        } else {
+            Some(self.rx2)
+        }
+    }
+
+    /// The RP002 CN470 common join channels of this plan (empty for every other region).
+    pub fn common_join_channels(&self) -> &'static [CommonJoinChannel] {
+        tables::common_join_channels(self.region)
+    }
+
+    /// The common join channel at uplink `frequency`, if this plan has one there.
+    pub fn common_join_channel(&self, frequency: u32) -> Option<&'static CommonJoinChannel> {
+        self.common_join_channels()
+            .iter()
+            .find(|j| j.frequency == frequency)
+    }
+
+    /// The 16-byte CFList of type 1 (channel masks) that enables the channels of `mask`:
+    /// ChMask0, ChMask1, … little-endian for as many 16-channel blocks as the region has
+    /// channels (US915/AU915: 5, CN470: 6, RP002 CN470 20 MHz: 4, 26 MHz: 3), zero up to byte
+    /// 14, CFListType 1 in byte 15. `None` in regions whose CFList carries frequencies.
+    pub fn cf_list_ch_masks(&self, mask: ChannelMask) -> Option<[u8; 16]> {
+        if self.cf_list_type != CfListType::ChannelMask {
+            return None;
+        }
+        let blocks = usize::from(self.max_uplink_channels()).div_ceil(16);
+        let mut out = [0u8; 16];
+        for (i, pair) in out.chunks_exact_mut(2).take(blocks).enumerate() {
+            let word = (mask.0 >> (16 * i)) as u16;
+            pair.copy_from_slice(&word.to_le_bytes());
+        }
+        out[15] = CfListType::ChannelMask as u8;
+        Some(out)
     }
 
     /// dB offset from the maximum EIRP for TXPower `index`; `None` if the index is RFU.

@@ -6,8 +6,8 @@
 
 use crate::datarate::{DataRate, DataRateEntry, LrFhssCodingRate};
 use crate::region::{
-    BeaconParams, CfListType, Channel, ChannelLayout, DwellTimeRule, FixedChannelBlock,
-    PingSlotParams, Region, RegionParams, Rx1ChannelRule, Rx2Params, SubBand,
+    BeaconParams, CfListType, Channel, ChannelLayout, CommonJoinChannel, DwellTimeRule,
+    FixedChannelBlock, PingSlotParams, Region, RegionParams, Rx1ChannelRule, Rx2Params, SubBand,
 };
 
 const BW125: u32 = 125_000;
@@ -268,6 +268,7 @@ pub(crate) static US915: RegionParams = RegionParams {
             min_dr: 0,
             max_dr: 3,
         },
+        uplink_group2: None,
         uplink_wide: Some(FixedChannelBlock {
             first_frequency: 903_000_000,
             step: 1_600_000,
@@ -276,6 +277,7 @@ pub(crate) static US915: RegionParams = RegionParams {
             max_dr: 6,
         }),
         downlink: US_AU_DOWNLINK,
+        downlink_group2: None,
     },
     default_channels: &[],
     rx1_channel_rule: Rx1ChannelRule::UplinkChannelModulo,
@@ -336,6 +338,7 @@ pub(crate) static AU915: RegionParams = RegionParams {
             min_dr: 0,
             max_dr: 5,
         },
+        uplink_group2: None,
         uplink_wide: Some(FixedChannelBlock {
             first_frequency: 915_900_000,
             step: 1_600_000,
@@ -344,6 +347,7 @@ pub(crate) static AU915: RegionParams = RegionParams {
             max_dr: 7,
         }),
         downlink: US_AU_DOWNLINK,
+        downlink_group2: None,
     },
     default_channels: &[],
     rx1_channel_rule: Rx1ChannelRule::UplinkChannelModulo,
@@ -646,6 +650,7 @@ pub(crate) static CN470: RegionParams = RegionParams {
             min_dr: 0,
             max_dr: 5,
         },
+        uplink_group2: None,
         uplink_wide: None,
         downlink: FixedChannelBlock {
             first_frequency: 500_300_000,
@@ -654,6 +659,7 @@ pub(crate) static CN470: RegionParams = RegionParams {
             min_dr: 0,
             max_dr: 5,
         },
+        downlink_group2: None,
     },
     default_channels: &[],
     rx1_channel_rule: Rx1ChannelRule::UplinkChannelModulo,
@@ -677,6 +683,276 @@ pub(crate) static CN470: RegionParams = RegionParams {
         dr: 2,
     },
 };
+
+// ---------------------------------------------------------------- CN470, RP002-1.0.4 plans
+
+// RP002-1.0.4 §2.11 (CN470-510) defines four channel plans: 20 MHz and 26 MHz antennas, each
+// type A or B. They share the data rate table, TX power table and band; they differ in their
+// channels, RX1 rule, RX2/beacon/ping-slot frequencies and LinkADRReq ChMaskCntl meanings.
+// Sources, cross-checked: LoRaMac-node (RegionCN470*.c/h, RegionCN470A20/B20/A26/B26),
+// LoRa Basics Modem (region_cn_470*), The Things Stack (cn_470_510_{20,26}_{a,b}*.go),
+// ChirpStack (lrwn region cn470, RP002 payload sizes).
+
+/// DR1..DR7 of the RP002 CN470 plans. DR0 (SF12/125 kHz) is listed by RP002 but has no payload
+/// size ("not defined") and end-devices do not use it, so it is left out like an RFU index.
+/// M: RP002-1.0.2 and later (DR3 = 192; RP002-1.0.1 had 172, which The Things Stack kept).
+static CN470_RP2_DATA_RATES: [DataRateEntry; 7] = [
+    lora(1, 11, BW125, 440, 31),
+    lora(2, 10, BW125, 980, 94),
+    lora(3, 9, BW125, 1760, 192),
+    lora(4, 8, BW125, 3125, 250),
+    lora(5, 7, BW125, 5470, 250),
+    lora(6, 7, BW500, 21900, 250),
+    fsk(7, 250),
+];
+
+/// A 200 kHz-spaced block of RP002 CN470 channels usable at DR1..DR5.
+const fn cn470_block(first_frequency: u32, count: u8) -> FixedChannelBlock {
+    FixedChannelBlock {
+        first_frequency,
+        step: 200_000,
+        count,
+        min_dr: 1,
+        max_dr: 5,
+    }
+}
+
+/// `N` frequencies `first + i × 200 kHz`.
+const fn spaced<const N: usize>(first: u32) -> [u32; N] {
+    let mut out = [0u32; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = first + i as u32 * 200_000;
+        i += 1;
+    }
+    out
+}
+
+/// RX2 of the RP002 CN470 plans (always DR1).
+const fn rx2_dr1(frequency: u32) -> Rx2Params {
+    Rx2Params { frequency, dr: 1 }
+}
+
+/// A common join channel of the RP002 CN470 plans (beacon and ping slots at DR2).
+const fn join_channel(
+    index: u8,
+    frequency: u32,
+    join_accept_rx1_frequency: u32,
+    rx2_frequency: u32,
+    beacon: &'static [u32],
+    ping_slot: &'static [u32],
+) -> CommonJoinChannel {
+    CommonJoinChannel {
+        index,
+        frequency,
+        join_accept_rx1_frequency,
+        rx2: rx2_dr1(rx2_frequency),
+        beacon: BeaconParams {
+            frequencies: beacon,
+            dr: 2,
+        },
+        ping_slot: PingSlotParams {
+            frequencies: ping_slot,
+            dr: 2,
+        },
+    }
+}
+
+/// The RP002 CN470 region parameters with the given channels and defaults.
+const fn cn470_rp2(
+    region: Region,
+    channel_layout: ChannelLayout,
+    rx2_frequency: u32,
+    beacon: &'static [u32],
+    ping_slot: &'static [u32],
+) -> RegionParams {
+    RegionParams {
+        region,
+        min_frequency: 470_000_000,
+        max_frequency: 510_000_000,
+        data_rates: &CN470_RP2_DATA_RATES,
+        max_rx1_dr_offset: 5,
+        channel_layout,
+        default_channels: &[],
+        rx1_channel_rule: Rx1ChannelRule::UplinkChannelModulo,
+        rx2: rx2_dr1(rx2_frequency),
+        tx_power_offsets_db: &TX_POWER_8,
+        default_max_eirp_dbm: 19.15,
+        sub_bands: &CN470_SUB_BANDS,
+        uplink_dwell_time: DwellTimeRule::NotApplicable,
+        downlink_dwell_time: DwellTimeRule::NotApplicable,
+        tx_param_setup_req: false,
+        cf_list_type: CfListType::ChannelMask,
+        beacon: BeaconParams {
+            frequencies: beacon,
+            dr: 2,
+        },
+        ping_slot: PingSlotParams {
+            frequencies: ping_slot,
+            dr: 2,
+        },
+    }
+}
+
+// 20 MHz type A: uplink group 1 470.3–476.5 MHz (channels 0–31), group 2 503.5–509.7 MHz
+// (32–63); downlink 483.9–490.1 MHz (0–31) and 490.3–496.5 MHz (32–63); RX1 on the downlink
+// channel with the uplink's index. Join channel k (0–7) is uplink channel 8k + 3; a device
+// that joined there uses RX2 485.3 + 1.6k MHz and beacons/ping slots hopping over downlink
+// channels 8k..8k+7. ABP devices use RX2 486.9 MHz (= join channel 1), so the region-level
+// beacon/ping-slot defaults are those of join channel 1 as well.
+
+static CN470_A20_BEACON: [[u32; 8]; 8] = [
+    spaced(483_900_000),
+    spaced(485_500_000),
+    spaced(487_100_000),
+    spaced(488_700_000),
+    spaced(490_300_000),
+    spaced(491_900_000),
+    spaced(493_500_000),
+    spaced(495_100_000),
+];
+
+static CN470_A20_JOIN: [CommonJoinChannel; 8] = {
+    let b = &CN470_A20_BEACON;
+    [
+        join_channel(0, 470_900_000, 484_500_000, 485_300_000, &b[0], &b[0]),
+        join_channel(1, 472_500_000, 486_100_000, 486_900_000, &b[1], &b[1]),
+        join_channel(2, 474_100_000, 487_700_000, 488_500_000, &b[2], &b[2]),
+        join_channel(3, 475_700_000, 489_300_000, 490_100_000, &b[3], &b[3]),
+        join_channel(4, 504_100_000, 490_900_000, 491_700_000, &b[4], &b[4]),
+        join_channel(5, 505_700_000, 492_500_000, 493_300_000, &b[5], &b[5]),
+        join_channel(6, 507_300_000, 494_100_000, 494_900_000, &b[6], &b[6]),
+        join_channel(7, 508_900_000, 495_700_000, 496_500_000, &b[7], &b[7]),
+    ]
+};
+
+pub(crate) static CN470_A20: RegionParams = cn470_rp2(
+    Region::Cn470A20,
+    ChannelLayout::Fixed {
+        uplink: cn470_block(470_300_000, 32),
+        uplink_group2: Some(cn470_block(503_500_000, 32)),
+        uplink_wide: None,
+        downlink: cn470_block(483_900_000, 32),
+        downlink_group2: Some(cn470_block(490_300_000, 32)),
+    },
+    486_900_000,
+    &CN470_A20_BEACON[1],
+    &CN470_A20_BEACON[1],
+);
+
+// 20 MHz type B: group 1 476.9–483.1 MHz (channels 0–31), group 2 496.9–503.1 MHz (32–63),
+// downlink on the uplink frequency. Join channels 479.9 MHz (channel 15, group 1) and
+// 499.9 MHz (channel 47, group 2); RX2 478.3 / 498.3 MHz; beacon on channel 23 / 55
+// (481.5 / 501.5 MHz); ping slots hop over the 32 channels of the group. ABP devices use RX2
+// 498.3 MHz (= join channel 9), so the region-level Class B defaults are those of group 2.
+
+static CN470_B20_PING_SLOT: [[u32; 32]; 2] = [spaced(476_900_000), spaced(496_900_000)];
+
+static CN470_B20_JOIN: [CommonJoinChannel; 2] = [
+    join_channel(
+        8,
+        479_900_000,
+        479_900_000,
+        478_300_000,
+        &[481_500_000],
+        &CN470_B20_PING_SLOT[0],
+    ),
+    join_channel(
+        9,
+        499_900_000,
+        499_900_000,
+        498_300_000,
+        &[501_500_000],
+        &CN470_B20_PING_SLOT[1],
+    ),
+];
+
+pub(crate) static CN470_B20: RegionParams = cn470_rp2(
+    Region::Cn470B20,
+    ChannelLayout::Fixed {
+        uplink: cn470_block(476_900_000, 32),
+        uplink_group2: Some(cn470_block(496_900_000, 32)),
+        uplink_wide: None,
+        downlink: cn470_block(476_900_000, 32),
+        downlink_group2: Some(cn470_block(496_900_000, 32)),
+    },
+    498_300_000,
+    &[501_500_000],
+    &CN470_B20_PING_SLOT[1],
+);
+
+// 26 MHz type A: uplink 470.3–479.7 MHz (48 channels), downlink 490.1–494.7 MHz (24),
+// RX1 = downlink channel (uplink channel mod 24). Join channels 470.3 + 2n MHz (n = 0–4), whose
+// join-accepts come on 492.5 MHz; RX2 492.5 MHz; beacon and ping slots 494.9 MHz.
+
+static CN470_A26_CLASS_B: [u32; 1] = [494_900_000];
+
+static CN470_A26_JOIN: [CommonJoinChannel; 5] = {
+    let f = &CN470_A26_CLASS_B;
+    [
+        join_channel(10, 470_300_000, 492_500_000, 492_500_000, f, f),
+        join_channel(11, 472_300_000, 492_500_000, 492_500_000, f, f),
+        join_channel(12, 474_300_000, 492_500_000, 492_500_000, f, f),
+        join_channel(13, 476_300_000, 492_500_000, 492_500_000, f, f),
+        join_channel(14, 478_300_000, 492_500_000, 492_500_000, f, f),
+    ]
+};
+
+pub(crate) static CN470_A26: RegionParams = cn470_rp2(
+    Region::Cn470A26,
+    ChannelLayout::Fixed {
+        uplink: cn470_block(470_300_000, 48),
+        uplink_group2: None,
+        uplink_wide: None,
+        downlink: cn470_block(490_100_000, 24),
+        downlink_group2: None,
+    },
+    492_500_000,
+    &CN470_A26_CLASS_B,
+    &CN470_A26_CLASS_B,
+);
+
+// 26 MHz type B: uplink 480.3–489.7 MHz (48 channels), downlink 500.1–504.7 MHz (24),
+// RX1 = downlink channel (uplink channel mod 24). Join channels 480.3 + 2n MHz (n = 0–4), whose
+// join-accepts come on 502.5 MHz; RX2 502.5 MHz; beacon and ping slots 504.9 MHz.
+
+static CN470_B26_CLASS_B: [u32; 1] = [504_900_000];
+
+static CN470_B26_JOIN: [CommonJoinChannel; 5] = {
+    let f = &CN470_B26_CLASS_B;
+    [
+        join_channel(15, 480_300_000, 502_500_000, 502_500_000, f, f),
+        join_channel(16, 482_300_000, 502_500_000, 502_500_000, f, f),
+        join_channel(17, 484_300_000, 502_500_000, 502_500_000, f, f),
+        join_channel(18, 486_300_000, 502_500_000, 502_500_000, f, f),
+        join_channel(19, 488_300_000, 502_500_000, 502_500_000, f, f),
+    ]
+};
+
+pub(crate) static CN470_B26: RegionParams = cn470_rp2(
+    Region::Cn470B26,
+    ChannelLayout::Fixed {
+        uplink: cn470_block(480_300_000, 48),
+        uplink_group2: None,
+        uplink_wide: None,
+        downlink: cn470_block(500_100_000, 24),
+        downlink_group2: None,
+    },
+    502_500_000,
+    &CN470_B26_CLASS_B,
+    &CN470_B26_CLASS_B,
+);
+
+/// The common join channels of an RP002 CN470 plan; empty for every other region.
+pub(crate) fn common_join_channels(region: Region) -> &'static [CommonJoinChannel] {
+    match region {
+        Region::Cn470A20 => &CN470_A20_JOIN,
+        Region::Cn470B20 => &CN470_B20_JOIN,
+        Region::Cn470A26 => &CN470_A26_JOIN,
+        Region::Cn470B26 => &CN470_B26_JOIN,
+        _ => &[],
+    }
+}
 
 // ---------------------------------------------------------------- EU433
 

@@ -2,7 +2,7 @@
 
 use band::{BandError, FrequencyPlan, MAX_IF_OFFSET_HZ, Region};
 
-const IDS: [&str; 27] = [
+const IDS: [&str; 31] = [
     "EU_863_870",
     "US_902_928_FSB_1",
     "US_902_928_FSB_2",
@@ -28,6 +28,10 @@ const IDS: [&str; 27] = [
     "IN_865_867",
     "RU_864_870",
     "CN_470_510",
+    "CN_470_510_20_A",
+    "CN_470_510_20_B",
+    "CN_470_510_26_A",
+    "CN_470_510_26_B",
     "EU_433",
     "CN_779_787",
 ];
@@ -94,6 +98,10 @@ fn plan_regions() {
         ("IN_865_867", Region::In865),
         ("RU_864_870", Region::Ru864),
         ("CN_470_510", Region::Cn470),
+        ("CN_470_510_20_A", Region::Cn470A20),
+        ("CN_470_510_20_B", Region::Cn470B20),
+        ("CN_470_510_26_A", Region::Cn470A26),
+        ("CN_470_510_26_B", Region::Cn470B26),
         ("EU_433", Region::Eu433),
         ("CN_779_787", Region::Cn779),
     ];

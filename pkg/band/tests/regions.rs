@@ -235,7 +235,8 @@ fn max_eirp_and_tx_power_tables() {
 fn cf_list_types_and_layouts() {
     for region in Region::ALL {
         let p = region.params();
-        let fixed = matches!(region, Region::Us915 | Region::Au915 | Region::Cn470);
+        let fixed = matches!(region, Region::Us915 | Region::Au915 | Region::Cn470)
+            || region.is_cn470_rp2();
         assert_eq!(
             p.cf_list_type,
             if fixed {
@@ -252,6 +253,8 @@ fn cf_list_types_and_layouts() {
         let n = match region {
             Region::Us915 | Region::Au915 => 72,
             Region::Cn470 => 96,
+            Region::Cn470A20 | Region::Cn470B20 => 64,
+            Region::Cn470A26 | Region::Cn470B26 => 48,
             _ => 16,
         };
         assert_eq!(p.max_uplink_channels(), n, "{region}");
