@@ -11,12 +11,10 @@ tools:
 build: tools
 	$(CARGO) build --release --workspace
 
-## Build and start the stack. The server binary arrives with the runtime issue; until then
-## this builds everything and shows the admin CLI, which already decodes and encodes frames.
+## Build and start the stack: all five roles in one process, embedded defaults,
+## HTTP on :1885 (/healthz, /readyz, /metrics) and gRPC on :1884. Ctrl-C stops it.
 run: tools
-	$(CARGO) build --release -p ternctl
-	@echo "The tern server is not built yet; showing ternctl, the admin CLI, instead."
-	./target/release/ternctl --help
+	TERN_GIT_COMMIT=$$(git rev-parse --short HEAD 2>/dev/null) $(CARGO) run --release -p tern -- start
 
 ## The whole test suite: unit, property, vector and CLI tests, then doc tests.
 test: tools
