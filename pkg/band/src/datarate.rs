@@ -78,15 +78,8 @@ impl std::fmt::Display for DataRate {
     }
 }
 
-/// Transmission direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// End-device to network.
-    Uplink,
-    /// Network to end-device.
-    Downlink,
-}
+/// Transmission direction: the one LoRaWAN-wide type, so callers never convert.
+pub use lorawan::Direction;
 
 /// One row of a region's data rate table.
 #[derive(Debug, Clone, Copy, PartialEq)]
