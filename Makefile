@@ -17,8 +17,12 @@ run: tools
 	TERN_GIT_COMMIT=$$(git rev-parse --short HEAD 2>/dev/null) $(CARGO) run --release -p tern -- start
 
 ## The whole test suite: unit, property, vector and CLI tests, then doc tests.
+## Tests that need PostgreSQL get a throwaway server (scripts/test-postgres.sh), unless
+## TERN_TEST_POSTGRES_URL already names one; etcd and nats-server are started by the tests.
 test: tools
-	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	@url="$${TERN_TEST_POSTGRES_URL:-$$(scripts/test-postgres.sh start)}" && \
+	export TERN_TEST_POSTGRES_URL="$$url" && \
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --all-targets --no-fail-fast; \
 	else \
 		$(CARGO) test --workspace --all-targets --no-fail-fast; \

@@ -6,6 +6,9 @@ set -euo pipefail
 
 tools=(
   "protoc:protobuf-compiler" # tonic-build and etcd-client's build script need protoc
+  "etcd:etcd-server"         # the peer directory's tests start a real etcd
+  "nats-server:nats-server"  # the event bus's tests start a real NATS server
+  "runuser:util-linux"       # scripts/test-postgres.sh runs PostgreSQL as postgres when root
 )
 
 missing=()
@@ -14,6 +17,8 @@ for entry in "${tools[@]}"; do
   pkg=${entry#*:}
   command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
 done
+# The PostgreSQL server (not only the psql client) for the store's conformance suite.
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=("postgresql")
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 sudo=""

@@ -36,6 +36,12 @@ pub struct Config {
     pub log: LogConfig,
     /// Cluster membership and authentication between roles.
     pub cluster: ClusterConfig,
+    /// Storage: embedded (default) or PostgreSQL.
+    pub store: tern_store::StoreConfig,
+    /// The event bus: in-process (default) or NATS.
+    pub events: tern_events::EventsConfig,
+    /// The Application Server.
+    pub application_server: ApplicationServerConfig,
 }
 
 impl Default for Config {
@@ -47,6 +53,9 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
             cluster: ClusterConfig::default(),
+            store: tern_store::StoreConfig::default(),
+            events: tern_events::EventsConfig::default(),
+            application_server: ApplicationServerConfig::default(),
         }
     }
 }
@@ -172,12 +181,61 @@ impl<'de> Deserialize<'de> for LogLevel {
     }
 }
 
-/// The `[cluster]` section.
+/// The `[cluster]` section: authentication between roles, and where the other roles are.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ClusterConfig {
     /// Shared cluster keys that authenticate calls between roles; the first one signs.
     pub keys: Vec<Secret>,
+    /// This process's name in the cluster; empty means `<hostname>:<gRPC port>`.
+    pub instance_id: String,
+    /// The gRPC address other processes reach this one at (`http://host:1884`); empty means
+    /// `http://<hostname>:<gRPC port>`.
+    pub advertise_address: String,
+    /// The etcd peer directory; when unset, the static addresses below are used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<tern_cluster::directory::EtcdConfig>,
+    /// Static address of the Identity Server, when it runs in another process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity_server: Option<String>,
+    /// Static address of the Gateway Server, when it runs in another process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_server: Option<String>,
+    /// Static address of the Network Server, when it runs in another process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_server: Option<String>,
+    /// Static address of the Join Server, when it runs in another process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_server: Option<String>,
+    /// Static address of the Application Server, when it runs in another process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub application_server: Option<String>,
+}
+
+impl ClusterConfig {
+    /// The peer directory part of this section.
+    pub fn directory(&self) -> tern_cluster::directory::DirectoryConfig {
+        tern_cluster::directory::DirectoryConfig {
+            etcd: self.etcd.clone(),
+            identity_server: self.identity_server.clone(),
+            gateway_server: self.gateway_server.clone(),
+            network_server: self.network_server.clone(),
+            join_server: self.join_server.clone(),
+            application_server: self.application_server.clone(),
+        }
+    }
+}
+
+/// The `[application-server]` section.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ApplicationServerConfig {
+    /// The link to the Network Server.
+    pub link: tern_applicationserver::link::LinkConfig,
+    /// An application API key with `application:link`, for an AS outside the cluster: the
+    /// link then authenticates with it instead of a cluster key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_server_api_key: Option<Secret>,
 }
 
 /// A secret value: readable with [`Secret::expose`], masked in `Debug` and when serialized.
@@ -330,7 +388,22 @@ pub fn load(file: Option<&Path>, data_dir: Option<&Path>) -> Result<(Config, Ori
         figment = figment.merge(Serialized::default("data-dir", dir));
     }
     let config = figment.extract::<Config>().map_err(describe)?;
+    config.validate()?;
     Ok((config, origin))
+}
+
+impl Config {
+    /// Checks what the types alone cannot: values that depend on each other, URLs, sizes.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |e: &dyn fmt::Display| ConfigError(format!("invalid configuration: {e}"));
+        self.store.validate().map_err(|e| invalid(&e))?;
+        self.events.validate().map_err(|e| invalid(&e))?;
+        self.cluster
+            .directory()
+            .validate()
+            .map_err(|e| invalid(&e))?;
+        Ok(())
+    }
 }
 
 /// Environment variables `TERN_A__B_C` become key `a.b-c`; `TERN_CONFIG` is the flag's.
@@ -385,7 +458,9 @@ fn describe(errors: figment::Error) -> ConfigError {
 
 /// Renders the configuration as TOML, with every [`Secret`] masked.
 pub fn to_toml(config: &Config) -> String {
-    toml::to_string_pretty(config).expect("the configuration always serializes to TOML")
+    let mut shown = config.clone();
+    shown.store = shown.store.masked();
+    toml::to_string_pretty(&shown).expect("the configuration always serializes to TOML")
 }
 
 #[cfg(test)]

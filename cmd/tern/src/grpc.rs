@@ -1,4 +1,5 @@
-//! The gRPC server, with the standard health service reporting each started role.
+//! The gRPC server: the roles' services, and the standard health service reporting each
+//! started role.
 //!
 //! Service `""` is the whole process; `tern.<role>` (e.g. `tern.ns`) is one role. Both follow
 //! the readiness tracker: SERVING when ready, NOT_SERVING otherwise and during shutdown.
@@ -7,6 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tonic::service::{Routes, RoutesBuilder};
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -18,13 +20,28 @@ use crate::shutdown::Shutdown;
 /// How often role readiness is polled for the health service between notifications.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Serves gRPC on `listener` until `shutdown`, then lets in-flight calls finish.
+/// The gRPC services of the process: the health service first, then each role's.
+pub fn routes(
+    roles: &[std::sync::Arc<dyn crate::lifecycle::RoleService>],
+) -> (Routes, HealthReporter) {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let mut builder = RoutesBuilder::default();
+    builder.add_service(health_service);
+    for role in roles {
+        role.grpc_services(&mut builder);
+    }
+    (builder.routes(), reporter)
+}
+
+/// Serves `routes` on `listener` until `shutdown`, then lets in-flight calls finish; keeps
+/// the health service in step with `readiness` through `reporter`.
 pub async fn serve(
     listener: TcpListener,
+    routes: Routes,
+    reporter: HealthReporter,
     readiness: ReadinessTracker,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
-    let (reporter, health_service) = tonic_health::server::health_reporter();
     let mut mirror = HealthMirror::new(reporter);
     // Subscribe before the first report: a change after it is then never missed.
     let changed = readiness.subscribe();
@@ -50,7 +67,7 @@ pub async fn serve(
     };
     let follow = tokio::spawn(follow(mirror, readiness, changed, shutdown));
     let result = Server::builder()
-        .add_service(health_service)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), on_shutdown)
         .await;
     follow.abort();

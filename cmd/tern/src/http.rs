@@ -1,4 +1,5 @@
-//! The HTTP server: `/healthz`, `/readyz` and `/metrics`, shared by the roles of a process.
+//! The HTTP server: `/healthz`, `/readyz`, `/metrics` and the REST API under `/api/v3`,
+//! shared by the roles of a process.
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -10,6 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::metrics::{self, Metrics};
 use crate::readiness::ReadinessTracker;
+use crate::rest::{RestGateway, RouteLabel};
 use crate::shutdown::Shutdown;
 
 /// What the HTTP handlers share.
@@ -19,6 +21,8 @@ pub struct HttpState {
     pub readiness: ReadinessTracker,
     /// The process's metrics.
     pub metrics: Metrics,
+    /// The REST mapping of the gRPC services.
+    pub rest: RestGateway,
 }
 
 /// The HTTP routes, each request counted in `tern_http_requests_total`.
@@ -27,11 +31,12 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .with_state(state.clone())
+        .merge(state.rest.clone().router())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,
         ))
-        .with_state(state)
 }
 
 /// Serves `router` on `listener` until `shutdown`, then lets in-flight requests finish.
@@ -78,6 +83,11 @@ async fn count_requests(State(state): State<HttpState>, request: Request, next: 
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
+    // REST calls are counted by their API template, not by the catch-all route.
+    let route = response
+        .extensions()
+        .get::<RouteLabel>()
+        .map_or(route, |label| label.0.clone());
     state
         .metrics
         .http_request(&method, &route, response.status().as_u16());

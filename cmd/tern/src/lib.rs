@@ -12,9 +12,11 @@ pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod readiness;
+pub mod rest;
 pub mod roles;
 pub mod shutdown;
 pub mod start;
+pub mod wiring;
 
 use crate::cli::{Cli, Command};
 

@@ -1,7 +1,6 @@
 //! The process's Prometheus registry: build and process metrics, HTTP requests, and room for
 //! each role's own metrics.
 
-use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
@@ -11,6 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+use tern_cluster::role::MetricsRegistry;
 
 use crate::roles::Role;
 
@@ -28,7 +28,7 @@ struct HttpLabels {
 /// A cheap, cloneable handle to the process's metrics.
 #[derive(Clone)]
 pub struct Metrics {
-    registry: Arc<RwLock<Registry>>,
+    registry: MetricsRegistry,
     http_requests: Family<HttpLabels, Counter>,
 }
 
@@ -51,27 +51,27 @@ impl Metrics {
             "HTTP requests served, by method, route and status",
             http_requests.clone(),
         );
+        let shared = MetricsRegistry::new();
+        shared.register_root(|root| *root = registry);
         Self {
-            registry: Arc::new(RwLock::new(registry)),
+            registry: shared,
             http_requests,
         }
     }
 
     /// Lets a role register its metrics under the prefix `tern_<role>_`.
     pub fn register_role(&self, role: Role, register: impl FnOnce(&mut Registry)) {
-        let mut registry = self.registry.write().expect("metrics registry lock");
-        let sub = registry
-            .sub_registry_with_prefix("tern")
-            .sub_registry_with_prefix(role.as_str());
-        register(sub);
+        self.registry.register_role(role, register);
     }
 
     /// Adds a collector that produces metrics on each scrape.
     pub fn register_collector(&self, collector: Box<dyn Collector>) {
-        self.registry
-            .write()
-            .expect("metrics registry lock")
-            .register_collector(collector);
+        self.registry.register_collector(collector);
+    }
+
+    /// The shared registry, as handed to the roles.
+    pub fn registry(&self) -> MetricsRegistry {
+        self.registry.clone()
     }
 
     /// Counts one HTTP request; `route` is the matched route pattern, never the raw path.
@@ -88,8 +88,9 @@ impl Metrics {
     /// Every metric, in OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        let registry = self.registry.read().expect("metrics registry lock");
-        encode(&mut out, &registry).expect("writing to a String cannot fail");
+        self.registry.with_registry(|registry| {
+            encode(&mut out, registry).expect("writing to a String cannot fail");
+        });
         out
     }
 }

@@ -1,4 +1,5 @@
-//! Readiness of the process: the started roles' own reports, and whether it is shutting down.
+//! Readiness of the process: the started roles' own reports, the backing services (store,
+//! event bus, peer directory), and whether it is shutting down.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,10 +10,20 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
+use tern_cluster::role::ReadinessSignal;
 use tokio::sync::watch;
 
 use crate::lifecycle::{Readiness, RoleService};
 use crate::roles::Role;
+
+/// A service the process depends on (the store, the event bus, the peer directory).
+pub trait BackingService: Send + Sync {
+    /// Its name on `/readyz`, e.g. `store`.
+    fn name(&self) -> &'static str;
+
+    /// Whether it is usable now; called often, so it must be cheap (report a cached state).
+    fn readiness(&self) -> Readiness;
+}
 
 /// Collects readiness from the started roles; shared by `/readyz` and the gRPC health service.
 #[derive(Clone)]
@@ -22,8 +33,9 @@ pub struct ReadinessTracker {
 
 struct Inner {
     roles: Vec<Arc<dyn RoleService>>,
+    backing: Vec<Arc<dyn BackingService>>,
     draining: AtomicBool,
-    changed: watch::Sender<()>,
+    changed: ReadinessSignal,
 }
 
 /// One role's line in the readiness report.
@@ -39,13 +51,17 @@ pub struct RoleStatus {
 /// The readiness report, as served on `/readyz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
-    /// True only when every started role is ready and the process is not shutting down.
+    /// True only when every started role and every backing service is ready and the process
+    /// is not shutting down.
     pub ready: bool,
     /// True once a shutdown has begun.
     pub shutting_down: bool,
     /// Every started role by short name.
     pub roles: BTreeMap<&'static str, RoleStatus>,
-    /// The roles that are not ready, if any.
+    /// Every configured backing service by name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<&'static str, RoleStatus>,
+    /// The roles and services that are not ready, if any.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_ready: Vec<&'static str>,
 }
@@ -86,15 +102,21 @@ impl Collector for ReadinessTracker {
 }
 
 impl ReadinessTracker {
-    /// A tracker over the roles this process starts.
-    pub fn new(roles: Vec<Arc<dyn RoleService>>) -> Self {
+    /// A tracker over the roles this process starts and the services it depends on.
+    pub fn new(roles: Vec<Arc<dyn RoleService>>, backing: Vec<Arc<dyn BackingService>>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 roles,
+                backing,
                 draining: AtomicBool::new(false),
-                changed: watch::Sender::new(()),
+                changed: ReadinessSignal::new(),
             }),
         }
+    }
+
+    /// The signal roles use to say their readiness changed.
+    pub fn signal(&self) -> ReadinessSignal {
+        self.inner.changed.clone()
     }
 
     /// The started roles, in start order.
@@ -122,16 +144,42 @@ impl ReadinessTracker {
                     ready: false,
                     reason: Some(reason),
                 },
+                (false, Readiness::Degraded(reason)) => RoleStatus {
+                    ready: true,
+                    reason: Some(reason),
+                },
             };
             if !status.ready {
                 not_ready.push(name);
             }
             roles.insert(name, status);
         }
+        let mut services = BTreeMap::new();
+        for service in &self.inner.backing {
+            let status = match service.readiness() {
+                Readiness::Ready => RoleStatus {
+                    ready: true,
+                    reason: None,
+                },
+                Readiness::NotReady(reason) => RoleStatus {
+                    ready: false,
+                    reason: Some(reason),
+                },
+                Readiness::Degraded(reason) => RoleStatus {
+                    ready: true,
+                    reason: Some(reason),
+                },
+            };
+            if !status.ready {
+                not_ready.push(service.name());
+            }
+            services.insert(service.name(), status);
+        }
         Report {
-            ready: !roles.is_empty() && not_ready.is_empty(),
+            ready: !roles.is_empty() && not_ready.is_empty() && !shutting_down,
             shutting_down,
             roles,
+            services,
             not_ready,
         }
     }
@@ -144,7 +192,7 @@ impl ReadinessTracker {
 
     /// Tells subscribers that some readiness may have changed.
     pub fn notify(&self) {
-        self.inner.changed.send_replace(());
+        self.inner.changed.notify();
     }
 
     /// A receiver that wakes on [`ReadinessTracker::notify`].
@@ -161,7 +209,10 @@ mod tests {
     #[test]
     fn ready_only_when_all_roles_ready_and_not_shutting_down() {
         let gs = Arc::new(FrameRole::new(Role::Gs));
-        let tracker = ReadinessTracker::new(vec![gs.clone(), Arc::new(FrameRole::new(Role::Ns))]);
+        let tracker = ReadinessTracker::new(
+            vec![gs.clone(), Arc::new(FrameRole::new(Role::Ns))],
+            Vec::new(),
+        );
         let report = tracker.report();
         assert!(!report.ready);
         assert_eq!(report.not_ready, vec!["gs", "ns"]);
@@ -180,7 +231,7 @@ mod tests {
 
     #[test]
     fn report_serializes_as_documented() {
-        let tracker = ReadinessTracker::new(vec![Arc::new(FrameRole::new(Role::Js))]);
+        let tracker = ReadinessTracker::new(vec![Arc::new(FrameRole::new(Role::Js))], Vec::new());
         let json = serde_json::to_value(tracker.report()).unwrap();
         assert_eq!(
             json,

@@ -1,50 +1,8 @@
-//! The five roles and the choice of which ones a process starts.
-
-use std::fmt;
+//! The choice of which roles a process starts.
 
 use clap::ValueEnum;
 
-/// One of the five roles of the stack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Role {
-    /// Identity Server: registry, API keys and rights.
-    Is,
-    /// Gateway Server: gateway connections and radio timing.
-    Gs,
-    /// Network Server: MAC state, dedup, ADR, downlink scheduling.
-    Ns,
-    /// Join Server: root keys and session key derivation.
-    Js,
-    /// Application Server: payload crypto, integrations.
-    As,
-}
-
-impl Role {
-    /// All roles, in start order.
-    pub const ALL: [Role; 5] = [Role::Is, Role::Gs, Role::Ns, Role::Js, Role::As];
-
-    /// The short name used on the command line (`ns`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Is => "is",
-            Role::Gs => "gs",
-            Role::Ns => "ns",
-            Role::Js => "js",
-            Role::As => "as",
-        }
-    }
-
-    /// The name under which the gRPC health service reports this role (`tern.ns`).
-    pub fn health_service_name(self) -> String {
-        format!("tern.{}", self.as_str())
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use tern_cluster::role::Role;
 
 /// A role as written on the command line: one role, or `all`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -9,11 +9,13 @@ use tracing::{error, info, warn};
 use crate::config::{Config, Origin};
 use crate::grpc;
 use crate::http::{self, HttpState};
-use crate::lifecycle::{FrameRole, RoleContext, RoleService};
+use crate::lifecycle::{RoleContext, RoleService};
 use crate::metrics::Metrics;
 use crate::readiness::ReadinessTracker;
+use crate::rest::RestGateway;
 use crate::roles::Role;
 use crate::shutdown::{Shutdown, Signals};
+use crate::wiring;
 
 /// Runs the process until a signal, then shuts down within `shutdown.timeout`.
 ///
@@ -30,21 +32,21 @@ pub async fn run(config: Config, origin: Origin, roles: Vec<Role>) -> anyhow::Re
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
 
-    let services: Vec<Arc<dyn RoleService>> = roles
-        .iter()
-        .map(|&role| Arc::new(FrameRole::new(role)) as Arc<dyn RoleService>)
-        .collect();
-    let readiness = ReadinessTracker::new(services.clone());
+    let process = wiring::assemble(&config, &roles, grpc_addr).await?;
+    let services: Vec<Arc<dyn RoleService>> = process.roles.clone();
+    let readiness = ReadinessTracker::new(services.clone(), process.backing.clone());
     let metrics = Metrics::new();
     metrics.register_collector(Box::new(readiness.clone()));
     let shutdown = Shutdown::new();
     // Set when a server fails on its own, so the process stops instead of limping on.
     let server_failed = Shutdown::new();
 
+    let (routes, health) = grpc::routes(&services);
     let http_task = tokio::spawn({
         let router = http::router(HttpState {
             readiness: readiness.clone(),
             metrics: metrics.clone(),
+            rest: RestGateway::new(routes.clone()),
         });
         let (shutdown, failed) = (shutdown.clone(), server_failed.clone());
         async move {
@@ -59,7 +61,7 @@ pub async fn run(config: Config, origin: Origin, roles: Vec<Role>) -> anyhow::Re
         let (readiness, shutdown, failed) =
             (readiness.clone(), shutdown.clone(), server_failed.clone());
         async move {
-            let result = grpc::serve(grpc_listener, readiness, shutdown).await;
+            let result = grpc::serve(grpc_listener, routes, health, readiness, shutdown).await;
             if result.is_err() {
                 failed.trigger();
             }
@@ -68,11 +70,10 @@ pub async fn run(config: Config, origin: Origin, roles: Vec<Role>) -> anyhow::Re
     });
 
     let ctx = RoleContext {
-        config: Arc::new(config.clone()),
         data_dir: config.data_dir.clone(),
-        metrics,
+        metrics: metrics.registry(),
         shutdown: shutdown.clone(),
-        readiness: readiness.clone(),
+        readiness: readiness.signal(),
     };
     let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
     let mut failure = None;
@@ -81,6 +82,7 @@ pub async fn run(config: Config, origin: Origin, roles: Vec<Role>) -> anyhow::Re
             Ok(()) => {
                 info!(
                     roles = %names.join(","), http = %http_addr, grpc = %grpc_addr,
+                    instance = %process.instance_id,
                     data_dir = %config.data_dir.display(), config = %origin, "tern started",
                 );
                 tokio::select! {
@@ -113,6 +115,10 @@ pub async fn run(config: Config, origin: Origin, roles: Vec<Role>) -> anyhow::Re
             if let Err(e) = service.shutdown().await {
                 errors.push(e.context(format!("stopping role {}", service.role())));
             }
+        }
+        // The roles are done: deregister, flush events, flush the store.
+        if let Err(e) = process.close().await {
+            errors.push(e);
         }
         errors
     };

@@ -41,6 +41,11 @@ async fn healthz_readyz_and_metrics_for_two_roles() {
             "ready": true,
             "shutting_down": false,
             "roles": {"gs": {"ready": true}, "ns": {"ready": true}},
+            "services": {
+                "directory": {"ready": true},
+                "events": {"ready": true},
+                "store": {"ready": true},
+            },
         })
     );
     assert!(
@@ -155,7 +160,7 @@ async fn sigterm_stops_cleanly_even_with_open_connections() {
 
 #[tokio::test]
 async fn sigint_stops_cleanly() {
-    let mut server = Server::start("sigint", &["as"], &[]);
+    let mut server = Server::start("sigint", &["js", "as", "ns"], &[]);
     server.wait_ready().await;
     server.signal(libc::SIGINT);
     let (status, _) = server.wait_exit(Duration::from_secs(8)).await;

@@ -8,6 +8,7 @@
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors of every file, with source comments
 //!   and the `google.api.http` options, for gRPC reflection and the REST mapping.
 //! - [`http`]: the REST bindings read from those options.
+//! - [`rest`]: the REST mapping of the public API, derived from those bindings.
 //! - [`convert`]: conversions between the `bytes` fields and the `lorawan`/`band` types.
 //!
 //! Byte conventions: EUIs, DevAddr, NetID and keys are `bytes` in display (big-endian) order.
@@ -18,6 +19,7 @@ mod timestamp;
 pub mod convert;
 pub mod events;
 pub mod http;
+pub mod rest;
 
 pub use field_mask::FieldMask;
 pub use timestamp::Timestamp;

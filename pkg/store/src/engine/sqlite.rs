@@ -1,0 +1,505 @@
+//! The embedded backend: SQLite in `<data-dir>/tern.db`.
+//!
+//! - One dedicated writer thread owns the only writing connection: every commit (a group
+//!   of batches) is one `BEGIN IMMEDIATE` transaction on it, so writes of this process
+//!   never contend with each other and need no retry loop. `BEGIN IMMEDIATE` plus the busy
+//!   timeout serialise writers of other processes that open the same file.
+//! - Reads run on tokio's blocking pool with a few pooled read connections; WAL mode lets
+//!   them read while the writer writes.
+//! - `synchronous=FULL`: in WAL mode, NORMAL may lose the last commits on power loss or
+//!   an OS crash (the WAL is not synced at commit). The store acknowledges a write only
+//!   when it is durable (the NS relies on it for frame counters, the JS for nonces), so it
+//!   pays one fsync per commit; group commit makes that one fsync per batch of writes.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use crate::error::{Result, StoreError};
+use crate::kv::{Batch, Op, Record, Table, index_diff, key_from_bytes, prefix_end};
+use crate::migrations::{self, CREATE_SCHEMA_MIGRATIONS};
+
+const BACKEND: &str = "embedded";
+/// Read connections kept open between reads.
+const READERS: usize = 4;
+/// How long a statement waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::backend(BACKEND, &e)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind: keep going.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+enum WriterMsg {
+    Commit(Vec<Batch>, oneshot::Sender<Vec<Result<Vec<u64>>>>),
+    Ping(oneshot::Sender<()>),
+}
+
+/// The embedded engine.
+pub(crate) struct SqliteEngine {
+    path: PathBuf,
+    writer: Mutex<Option<std_mpsc::Sender<WriterMsg>>>,
+    thread: Mutex<Option<JoinHandle<Result<()>>>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl SqliteEngine {
+    /// Opens (creating if needed) `<data_dir>/tern.db`, migrates it, starts the writer.
+    pub(crate) async fn open(data_dir: &Path) -> Result<(Self, Vec<String>)> {
+        let path = data_dir.join("tern.db");
+        let dir = data_dir.to_owned();
+        let p = path.clone();
+        let (conn, applied) = blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|e| StoreError::Config {
+                key: "data-dir",
+                reason: format!("cannot create {}: {e}", dir.display()),
+            })?;
+            let mut conn = open_connection(&p, false)?;
+            let applied = migrate(&mut conn)?;
+            Ok((conn, applied))
+        })
+        .await?;
+        let (tx, rx) = std_mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("tern-store-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::backend(BACKEND, &e))?;
+        Ok((
+            Self {
+                path,
+                writer: Mutex::new(Some(tx)),
+                thread: Mutex::new(Some(thread)),
+                readers: Arc::new(Mutex::new(Vec::new())),
+            },
+            applied,
+        ))
+    }
+
+    /// Migrates `<data_dir>/tern.db` and closes it.
+    pub(crate) async fn migrate_only(data_dir: &Path) -> Result<Vec<String>> {
+        let dir = data_dir.to_owned();
+        blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|e| StoreError::Config {
+                key: "data-dir",
+                reason: format!("cannot create {}: {e}", dir.display()),
+            })?;
+            let mut conn = open_connection(&dir.join("tern.db"), false)?;
+            let applied = migrate(&mut conn)?;
+            conn.close().map_err(|(_, e)| db_err(e))?;
+            Ok(applied)
+        })
+        .await
+    }
+
+    fn sender(&self) -> Result<std_mpsc::Sender<WriterMsg>> {
+        lock(&self.writer).clone().ok_or(StoreError::Closed)
+    }
+
+    /// Commits each batch atomically, all in one transaction; see `Engine::commit_group`.
+    pub(crate) async fn commit_group(&self, batches: Vec<Batch>) -> Vec<Result<Vec<u64>>> {
+        let n = batches.len();
+        let (reply, rx) = oneshot::channel();
+        let sent = self.sender().and_then(|s| {
+            s.send(WriterMsg::Commit(batches, reply))
+                .map_err(|_| writer_gone())
+        });
+        if let Err(e) = sent {
+            return vec![Err(e); n];
+        }
+        rx.await.unwrap_or_else(|_| vec![Err(writer_gone()); n])
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let readers = Arc::clone(&self.readers);
+        let path = self.path.clone();
+        blocking(move || {
+            let pooled = lock(&readers).pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_connection(&path, true)?,
+            };
+            let result = f(&conn);
+            let mut pool = lock(&readers);
+            if pool.len() < READERS {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+    }
+
+    /// Reads one record.
+    pub(crate) async fn get(&self, table: &'static Table, key: &str) -> Result<Option<Record>> {
+        let key = key.to_owned();
+        self.read(move |c| {
+            let row = c
+                .prepare_cached("SELECT value, version FROM kv WHERE tbl = ?1 AND key = ?2")
+                .and_then(|mut s| {
+                    s.query_row(params![table.name, key.as_bytes()], |r| {
+                        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
+                    })
+                    .optional()
+                })
+                .map_err(db_err)?;
+            Ok(row.map(|(value, version)| Record {
+                key,
+                value,
+                version: version as u64,
+            }))
+        })
+        .await
+    }
+
+    /// Reads the records of `table` that have `ikey` in `index`.
+    pub(crate) async fn lookup(
+        &self,
+        table: &'static Table,
+        index: &'static str,
+        ikey: &str,
+    ) -> Result<Vec<Record>> {
+        let ikey = ikey.to_owned();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT k.key, k.value, k.version FROM kv_index i \
+                     JOIN kv k ON k.tbl = i.tbl AND k.key = i.pkey \
+                     WHERE i.idx = ?1 AND i.ikey = ?2 AND i.tbl = ?3 ORDER BY k.key",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![index, ikey.as_bytes(), table.name], row_to_raw)
+                .map_err(db_err)?;
+            collect_records(table, rows)
+        })
+        .await
+    }
+
+    /// Reads up to `limit` records of `table` whose key starts with `prefix` and sorts
+    /// after `after`.
+    pub(crate) async fn scan(
+        &self,
+        table: &'static Table,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Record>> {
+        let lo = prefix.as_bytes().to_vec();
+        let hi = prefix_end(prefix);
+        let after = after.unwrap_or("").as_bytes().to_vec();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT key, value, version FROM kv \
+                     WHERE tbl = ?1 AND key >= ?2 AND key < ?3 AND key > ?4 \
+                     ORDER BY key LIMIT ?5",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![table.name, lo, hi, after, limit], row_to_raw)
+                .map_err(db_err)?;
+            collect_records(table, rows)
+        })
+        .await
+    }
+
+    /// Counts the records of `table` whose key starts with `prefix`.
+    pub(crate) async fn count(&self, table: &'static Table, prefix: &str) -> Result<u64> {
+        let lo = prefix.as_bytes().to_vec();
+        let hi = prefix_end(prefix);
+        self.read(move |c| {
+            c.prepare_cached("SELECT count(*) FROM kv WHERE tbl = ?1 AND key >= ?2 AND key < ?3")
+                .and_then(|mut s| s.query_row(params![table.name, lo, hi], |r| r.get::<_, i64>(0)))
+                .map(|n| n as u64)
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    /// Checks that a read connection works and the writer thread answers.
+    pub(crate) async fn health(&self) -> Result<()> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err))
+            .await?;
+        let (tx, rx) = oneshot::channel();
+        self.sender()?
+            .send(WriterMsg::Ping(tx))
+            .map_err(|_| writer_gone())?;
+        rx.await.map_err(|_| writer_gone())
+    }
+
+    /// Stops the writer after the commits already sent to it, and closes every connection.
+    pub(crate) async fn close(&self) -> Result<()> {
+        lock(&self.readers).clear();
+        // Dropping the last sender ends the writer loop once its queue is empty.
+        drop(lock(&self.writer).take());
+        let thread = lock(&self.thread).take();
+        match thread {
+            Some(t) => blocking(move || t.join().unwrap_or_else(|_| Err(writer_gone()))).await,
+            None => Ok(()),
+        }
+    }
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::Backend {
+        backend: BACKEND,
+        message: "the writer thread stopped".into(),
+    }
+}
+
+/// Runs blocking work on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::backend(BACKEND, &e))?
+}
+
+fn open_connection(path: &Path, reader: bool) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::Backend {
+        backend: BACKEND,
+        message: format!("cannot open {}: {e}", path.display()),
+    })?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+    conn.set_prepared_statement_cache_capacity(32);
+    if reader {
+        conn.pragma_update(None, "query_only", true)
+            .map_err(db_err)?;
+    } else {
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(db_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Backend {
+                backend: BACKEND,
+                message: format!(
+                    "{} cannot use write-ahead logging (journal mode stays {mode:?}); \
+                     is the data directory on a network file system?",
+                    path.display()
+                ),
+            });
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db_err)?;
+    }
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<Vec<String>> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    tx.execute_batch(CREATE_SCHEMA_MIGRATIONS).map_err(db_err)?;
+    let applied: Vec<String> = {
+        let mut stmt = tx
+            .prepare("SELECT name FROM schema_migrations ORDER BY name")
+            .map_err(db_err)?;
+        stmt.query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect::<rusqlite::Result<_>>())
+            .map_err(db_err)?
+    };
+    let mut done = Vec::new();
+    for m in migrations::pending(migrations::SQLITE, &applied)? {
+        tx.execute_batch(m.sql)
+            .map_err(|e| StoreError::Migration(format!("{} failed: {e}", m.name)))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (name, applied_at) VALUES (?1, datetime('now'))",
+            params![m.name],
+        )
+        .map_err(db_err)?;
+        done.push(m.name.to_owned());
+    }
+    tx.commit().map_err(db_err)?;
+    Ok(done)
+}
+
+fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<WriterMsg>) -> Result<()> {
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            WriterMsg::Commit(batches, reply) => {
+                let results = match commit_group(&mut conn, &batches) {
+                    Ok(r) => r,
+                    Err(e) => vec![Err(e); batches.len()],
+                };
+                // The caller may have gone away; its write is committed all the same.
+                let _ = reply.send(results);
+            }
+            WriterMsg::Ping(reply) => {
+                let _ = reply.send(());
+            }
+        }
+    }
+    conn.close().map_err(|(_, e)| db_err(e))
+}
+
+/// One transaction; each batch inside its own savepoint so that a batch whose checks fail
+/// is undone alone. An `Err` means the database failed and nothing was committed.
+fn commit_group(conn: &mut Connection, batches: &[Batch]) -> Result<Vec<Result<Vec<u64>>>> {
+    let mut tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    let mut results = Vec::with_capacity(batches.len());
+    for batch in batches {
+        if let Err(e) = batch.validate() {
+            results.push(Err(e));
+            continue;
+        }
+        let sp = tx.savepoint().map_err(db_err)?;
+        match apply_batch(&sp, batch)? {
+            Ok(versions) => {
+                sp.commit().map_err(db_err)?;
+                results.push(Ok(versions));
+            }
+            Err(e) => {
+                // Default drop behaviour of a savepoint: roll back to it.
+                sp.finish().map_err(db_err)?;
+                results.push(Err(e));
+            }
+        }
+    }
+    tx.commit().map_err(db_err)?;
+    Ok(results)
+}
+
+/// Applies one batch. Outer error: the database failed; inner: a check failed.
+fn apply_batch(c: &Connection, batch: &Batch) -> Result<Result<Vec<u64>>> {
+    let mut versions = Vec::with_capacity(batch.ops.len());
+    for op in &batch.ops {
+        let (table, key) = op.table_and_key();
+        let kb = key.as_bytes();
+        let current: Option<u64> = c
+            .prepare_cached("SELECT version FROM kv WHERE tbl = ?1 AND key = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![table.name, kb], |r| r.get::<_, i64>(0))
+                    .optional()
+            })
+            .map_err(db_err)?
+            .map(|v| v as u64);
+        let expect = match op {
+            Op::Put { expect, .. } | Op::Delete { expect, .. } | Op::Check { expect, .. } => {
+                *expect
+            }
+        };
+        if let Err(e) = expect.check(table, key, current) {
+            return Ok(Err(e));
+        }
+        match op {
+            Op::Check { .. } => versions.push(current.unwrap_or(0)),
+            Op::Delete { .. } => {
+                if current.is_some() {
+                    c.prepare_cached("DELETE FROM kv WHERE tbl = ?1 AND key = ?2")
+                        .and_then(|mut s| s.execute(params![table.name, kb]))
+                        .map_err(db_err)?;
+                    c.prepare_cached("DELETE FROM kv_index WHERE tbl = ?1 AND pkey = ?2")
+                        .and_then(|mut s| s.execute(params![table.name, kb]))
+                        .map_err(db_err)?;
+                }
+                versions.push(current.unwrap_or(0));
+            }
+            Op::Put { value, indexes, .. } => {
+                let old: Vec<(String, String)> = {
+                    let mut stmt = c
+                        .prepare_cached(
+                            "SELECT idx, ikey FROM kv_index WHERE tbl = ?1 AND pkey = ?2",
+                        )
+                        .map_err(db_err)?;
+                    let rows = stmt
+                        .query_map(params![table.name, kb], |r| {
+                            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+                        })
+                        .map_err(db_err)?;
+                    let mut out = Vec::new();
+                    for row in rows {
+                        let (idx, ikey) = row.map_err(db_err)?;
+                        out.push((idx, key_from_bytes(table, ikey)?));
+                    }
+                    out
+                };
+                let (removed, added) = index_diff(&old, indexes);
+                for e in added.iter().filter(|e| e.index.unique) {
+                    let owner: Option<(String, Vec<u8>)> = c
+                        .prepare_cached(
+                            "SELECT tbl, pkey FROM kv_index WHERE idx = ?1 AND ikey = ?2 AND uniq = 1",
+                        )
+                        .and_then(|mut s| {
+                            s.query_row(params![e.index.name, e.key.as_bytes()], |r| {
+                                Ok((r.get(0)?, r.get(1)?))
+                            })
+                            .optional()
+                        })
+                        .map_err(db_err)?;
+                    if let Some((t, k)) = owner
+                        && (t != table.name || k != kb)
+                    {
+                        return Ok(Err(StoreError::AlreadyExists {
+                            what: e.index.what,
+                            key: e.key.clone(),
+                        }));
+                    }
+                }
+                let version = current.map_or(1, |v| v + 1);
+                let sql = if current.is_some() {
+                    "UPDATE kv SET value = ?3, version = ?4 WHERE tbl = ?1 AND key = ?2"
+                } else {
+                    "INSERT INTO kv (tbl, key, value, version) VALUES (?1, ?2, ?3, ?4)"
+                };
+                c.prepare_cached(sql)
+                    .and_then(|mut s| s.execute(params![table.name, kb, value, version as i64]))
+                    .map_err(db_err)?;
+                for (idx, ikey) in removed {
+                    c.prepare_cached(
+                        "DELETE FROM kv_index WHERE idx = ?1 AND ikey = ?2 AND tbl = ?3 AND pkey = ?4",
+                    )
+                    .and_then(|mut s| s.execute(params![idx, ikey.as_bytes(), table.name, kb]))
+                    .map_err(db_err)?;
+                }
+                for e in added {
+                    c.prepare_cached(
+                        "INSERT INTO kv_index (idx, ikey, tbl, pkey, uniq) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![e.index.name, e.key.as_bytes(), table.name, kb, e.index.unique])
+                    })
+                    .map_err(db_err)?;
+                }
+                versions.push(version);
+            }
+        }
+    }
+    Ok(Ok(versions))
+}
+
+type RawRecord = (Vec<u8>, Vec<u8>, i64);
+
+fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+}
+
+fn collect_records(
+    table: &Table,
+    rows: impl Iterator<Item = rusqlite::Result<RawRecord>>,
+) -> Result<Vec<Record>> {
+    rows.map(|row| {
+        let (key, value, version) = row.map_err(db_err)?;
+        Ok(Record {
+            key: key_from_bytes(table, key)?,
+            value,
+            version: version as u64,
+        })
+    })
+    .collect()
+}
