@@ -72,6 +72,11 @@ impl RoleService for NetworkServer {
     async fn start(&self, ctx: &RoleContext) -> anyhow::Result<()> {
         ctx.metrics
             .register_role(Role::Ns, |registry| self.links.register_metrics(registry));
+        let (links, shutdown) = (self.links.clone(), ctx.shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.wait().await;
+            links.close_all();
+        });
         self.state.store(STARTED, Ordering::SeqCst);
         Ok(())
     }

@@ -21,6 +21,7 @@ use prometheus_client::registry::Registry;
 use tern_api::v3;
 use tern_cluster::auth::{Caller, RIGHT_APPLICATION_LINK};
 use tern_cluster::links::{AsNs, BoxStream, LinkResult};
+use tern_cluster::role::Shutdown;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -61,6 +62,7 @@ pub struct LinkHub {
     links: Arc<Mutex<Links>>,
     next_id: Arc<AtomicU64>,
     metrics: LinkMetrics,
+    closing: Shutdown,
 }
 
 impl std::fmt::Debug for LinkHub {
@@ -75,6 +77,12 @@ impl LinkHub {
     /// A hub with no links.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Ends every open link with `UNAVAILABLE` and refuses new ones: at shutdown, so that the
+    /// gRPC server can drain (a link stream would otherwise never finish).
+    pub fn close_all(&self) {
+        self.closing.trigger();
     }
 
     /// Registers `tern_ns_links_active` and `tern_ns_link_refused_total{reason}`.
@@ -255,6 +263,9 @@ impl AsNs for LinkHub {
         caller: Caller,
         mut requests: BoxStream<LinkResult<v3::LinkRequest>>,
     ) -> LinkResult<BoxStream<LinkResult<v3::LinkResponse>>> {
+        if self.closing.is_triggered() {
+            return Err(Status::unavailable("the Network Server is shutting down"));
+        }
         let first = tokio::time::timeout(START_TIMEOUT, requests.next())
             .await
             .map_err(|_| {
@@ -322,6 +333,12 @@ impl AsNs for LinkHub {
                     },
                     // The AS stopped reading: the link is gone.
                     () = tx.closed() => break,
+                    () = hub.closing.wait() => {
+                        let _ = tx.try_send(Err(Status::unavailable(
+                            "the Network Server is shutting down",
+                        )));
+                        break;
+                    }
                 }
             }
             hub.unregister(link_id);

@@ -1,0 +1,247 @@
+//! Two `tern` processes that reach each other over gRPC: `tern start gs ns js` and
+//! `tern start as`, through a static peer directory and through a real etcd. The AS's link to
+//! the NS is authenticated; wrong or missing credentials are refused with a clear message.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Server, get, run, temp_dir};
+
+const KEY: &str = r#"["cluster-key-for-tests-0001"]"#;
+
+/// Polls `/readyz` until `pred` holds for its JSON, or panics with the last answer.
+async fn wait_readyz(
+    server: &Server,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = get(server.http, "/readyz").await;
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if pred(&json) {
+            return json;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readyz never matched: {body}\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn as_reason(json: &serde_json::Value) -> String {
+    json["roles"]["as"]["reason"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn external_as_links_to_ns_through_static_directory() {
+    let mut ns = Server::start(
+        "static-ns",
+        &["gs", "ns", "js"],
+        &[("TERN_CLUSTER__KEYS", KEY)],
+    );
+    ns.wait_ready().await;
+    let ns_address = format!("http://{}", ns.grpc);
+
+    let mut app_server = Server::start(
+        "static-as",
+        &["as"],
+        &[
+            ("TERN_CLUSTER__KEYS", KEY),
+            ("TERN_CLUSTER__NETWORK_SERVER", &ns_address),
+        ],
+    );
+    let ready = app_server.wait_ready().await;
+    assert_eq!(ready["roles"]["as"]["ready"], true, "{ready}");
+    assert!(
+        ns.log().contains("application link established"),
+        "{}",
+        ns.log()
+    );
+    let (_, metrics) = get(ns.http, "/metrics").await;
+    assert!(metrics.contains("tern_ns_links_active 1"), "{metrics}");
+
+    // The NS goes away: the AS is no longer ready and says why.
+    ns.signal(libc::SIGTERM);
+    ns.wait_exit(Duration::from_secs(8)).await;
+    let json = wait_readyz(&app_server, |j| j["ready"] == false).await;
+    assert!(
+        as_reason(&json).starts_with("not linked to the Network Server"),
+        "{json}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_or_missing_credentials_are_refused_with_a_clear_message() {
+    let mut ns = Server::start("creds-ns", &["ns"], &[("TERN_CLUSTER__KEYS", KEY)]);
+    ns.wait_ready().await;
+    let ns_address = format!("http://{}", ns.grpc);
+
+    let wrong = Server::start(
+        "creds-wrong",
+        &["as"],
+        &[
+            ("TERN_CLUSTER__KEYS", r#"["another-cluster-key-0002"]"#),
+            ("TERN_CLUSTER__NETWORK_SERVER", &ns_address),
+        ],
+    );
+    let json = wait_readyz(&wrong, |j| as_reason(j).contains("Unauthenticated")).await;
+    assert!(
+        as_reason(&json).contains("cluster key not accepted"),
+        "{json}"
+    );
+
+    // An API key needs an Identity Server to check it; this NS has none and says so.
+    let api_key = Server::start(
+        "creds-apikey",
+        &["as"],
+        &[
+            (
+                "TERN_APPLICATION_SERVER__NETWORK_SERVER_API_KEY",
+                "NNSXS.some-key.secret",
+            ),
+            (
+                "TERN_APPLICATION_SERVER__LINK__APPLICATIONS",
+                r#"["app-1"]"#,
+            ),
+            ("TERN_CLUSTER__NETWORK_SERVER", &ns_address),
+        ],
+    );
+    let json = wait_readyz(&api_key, |j| as_reason(j).contains("Unauthenticated")).await;
+    assert!(
+        as_reason(&json).contains("API keys are not accepted"),
+        "{json}"
+    );
+
+    // No credentials at all: the AS does not start, and says what to configure.
+    let dir = temp_dir("creds-missing");
+    let out = run(
+        &dir,
+        &["start", "as"],
+        &[
+            ("TERN_CLUSTER__NETWORK_SERVER", &ns_address),
+            ("TERN_HTTP__LISTEN", "127.0.0.1:0"),
+            ("TERN_GRPC__LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("set cluster.keys"), "{stderr}");
+}
+
+/// A real etcd on free loopback ports, killed on drop.
+struct Etcd {
+    child: Child,
+    url: String,
+}
+
+impl Etcd {
+    fn start() -> Self {
+        let port = |_| {
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (client, peer) = (port(0), port(1));
+        let binary = std::env::var("TERN_TEST_ETCD").unwrap_or_else(|_| "/usr/bin/etcd".into());
+        assert!(
+            std::path::Path::new(&binary).exists(),
+            "etcd not found at {binary}: install Debian's etcd-server package"
+        );
+        let dir = temp_dir("etcd");
+        let url = format!("http://127.0.0.1:{client}");
+        let child = Command::new(binary)
+            .arg("--data-dir")
+            .arg(dir.join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("default=http://127.0.0.1:{peer}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, url }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn external_as_finds_the_ns_through_etcd() {
+    let etcd = Etcd::start();
+    let endpoints = format!(r#"["{}"]"#, etcd.url);
+    let mut ns = Server::start(
+        "etcd-ns",
+        &["gs", "ns", "js"],
+        &[
+            ("TERN_CLUSTER__KEYS", KEY),
+            ("TERN_CLUSTER__ETCD__ENDPOINTS", &endpoints),
+            ("TERN_CLUSTER__INSTANCE_ID", "ns-1"),
+        ],
+    );
+    ns.wait_ready().await;
+    // The NS registers the address it listens on.
+    let ns_address = format!("http://{}", ns.grpc);
+    drop(ns);
+    let mut ns = Server::start(
+        "etcd-ns",
+        &["gs", "ns", "js"],
+        &[
+            ("TERN_CLUSTER__KEYS", KEY),
+            ("TERN_CLUSTER__ETCD__ENDPOINTS", &endpoints),
+            ("TERN_CLUSTER__INSTANCE_ID", "ns-1"),
+            ("TERN_CLUSTER__ADVERTISE_ADDRESS", &ns_address),
+            ("TERN_GRPC__LISTEN", &ns_address["http://".len()..]),
+        ],
+    );
+    ns.wait_ready().await;
+
+    let mut app_server = Server::start(
+        "etcd-as",
+        &["as"],
+        &[
+            ("TERN_CLUSTER__KEYS", KEY),
+            ("TERN_CLUSTER__ETCD__ENDPOINTS", &endpoints),
+            ("TERN_CLUSTER__INSTANCE_ID", "as-1"),
+        ],
+    );
+    let ready = app_server.wait_ready().await;
+    assert_eq!(ready["roles"]["as"]["ready"], true, "{ready}");
+    assert_eq!(ready["services"]["directory"]["ready"], true, "{ready}");
+    assert!(
+        ns.log().contains("application link established"),
+        "{}",
+        ns.log()
+    );
+}
