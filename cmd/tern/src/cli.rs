@@ -40,6 +40,8 @@ pub enum Command {
     },
     /// Print the effective configuration as TOML, with secrets masked.
     Config,
+    /// Run the store's schema migrations and exit (the server also runs them at start).
+    Migrate,
     /// Print the version.
     Version,
 }

@@ -43,6 +43,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", config::to_toml(&config));
             Ok(())
         }
+        Command::Migrate => {
+            let (config, _) = load()?;
+            logging::init(&config.log)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let applied = runtime.block_on(tern_store::Store::migrate_only(
+                &config.store,
+                &config.data_dir,
+            ))?;
+            if applied.is_empty() {
+                println!("the {} store schema is up to date", config.store.backend);
+            } else {
+                println!(
+                    "applied to the {} store: {}",
+                    config.store.backend,
+                    applied.join(", ")
+                );
+            }
+            Ok(())
+        }
         Command::Start { roles } => {
             let (config, origin) = load()?;
             logging::init(&config.log)?;

@@ -159,3 +159,47 @@ fn an_unknown_env_key_is_an_error() {
         "{err}"
     );
 }
+
+#[test]
+fn migrate_creates_the_embedded_schema_once() {
+    let dir = temp_dir("migrate");
+    let data = dir.join("data");
+    let data = data.to_str().unwrap();
+    let first = run(&dir, &["migrate", "--data-dir", data], &[]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&first.stdout),
+        "applied to the embedded store: 0001_kv\n"
+    );
+    assert!(dir.join("data/tern.db").is_file());
+    let again = run(&dir, &["migrate", "--data-dir", data], &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        "the embedded store schema is up to date\n"
+    );
+}
+
+#[test]
+fn migrate_reports_an_unreachable_postgres_with_the_key() {
+    let dir = temp_dir("migrate-pg");
+    let out = run(
+        &dir,
+        &["migrate"],
+        &[
+            ("TERN_STORE__BACKEND", "postgres"),
+            (
+                "TERN_STORE__POSTGRES__URL",
+                "postgres://tern:secret@127.0.0.1:1/tern",
+            ),
+            ("TERN_STORE__POSTGRES__CONNECT_TIMEOUT", "1s"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
+    assert!(!stderr.contains("secret"), "the password leaks: {stderr}");
+}

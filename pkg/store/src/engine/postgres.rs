@@ -64,6 +64,8 @@ impl Failure {
 pub(crate) struct PgEngine {
     pool: Pool,
     schema: String,
+    /// The URL with its password masked, for error messages.
+    url: String,
 }
 
 impl PgEngine {
@@ -99,6 +101,7 @@ impl PgEngine {
         Ok(Self {
             pool,
             schema: cfg.schema.clone(),
+            url: cfg.masked_url(),
         })
     }
 
@@ -106,7 +109,14 @@ impl PgEngine {
         self.pool
             .get()
             .await
-            .map_err(|e| StoreError::backend(BACKEND, &e))
+            .map_err(|e| match StoreError::backend(BACKEND, &e) {
+                // Say which server could not be reached: the key and the (masked) URL.
+                StoreError::Backend { backend, message } => StoreError::Backend {
+                    backend,
+                    message: format!("store.postgres.url = {:?}: {message}", self.url),
+                },
+                other => other,
+            })
     }
 
     /// Applies the pending migrations under an advisory lock; returns their names.
