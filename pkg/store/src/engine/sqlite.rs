@@ -280,9 +280,21 @@ fn open_connection(path: &Path, reader: bool) -> Result<Connection> {
         conn.pragma_update(None, "query_only", true)
             .map_err(db_err)?;
     } else {
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(db_err)?;
+        // Switching a new database to WAL takes an exclusive lock for which SQLite does not
+        // call the busy handler: when another process opens the same new file at the same
+        // moment, retry until the busy timeout instead of failing at once.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        let mode: String = loop {
+            match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)) {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                other => break other.map_err(db_err)?,
+            }
+        };
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Backend {
                 backend: BACKEND,
