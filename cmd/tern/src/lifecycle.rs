@@ -3,8 +3,7 @@
 //! The lifecycle itself ([`RoleService`], [`RoleContext`], [`Readiness`]) lives in
 //! `tern-cluster`, where the role crates implement it.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-
+use tern_cluster::role::RunState;
 pub use tern_cluster::role::{Readiness, RoleContext, RoleService};
 
 use crate::roles::Role;
@@ -12,19 +11,15 @@ use crate::roles::Role;
 /// A role whose logic has not arrived yet: it owns nothing and is ready once started.
 pub struct FrameRole {
     role: Role,
-    state: AtomicU8,
+    state: RunState,
 }
-
-const CREATED: u8 = 0;
-const STARTED: u8 = 1;
-const STOPPED: u8 = 2;
 
 impl FrameRole {
     /// A not yet started frame for `role`.
     pub fn new(role: Role) -> Self {
         Self {
             role,
-            state: AtomicU8::new(CREATED),
+            state: RunState::new(),
         }
     }
 }
@@ -36,20 +31,16 @@ impl RoleService for FrameRole {
     }
 
     async fn start(&self, _ctx: &RoleContext) -> anyhow::Result<()> {
-        self.state.store(STARTED, Ordering::SeqCst);
+        self.state.started();
         Ok(())
     }
 
     fn readiness(&self) -> Readiness {
-        match self.state.load(Ordering::SeqCst) {
-            STARTED => Readiness::Ready,
-            CREATED => Readiness::NotReady("starting".to_owned()),
-            _ => Readiness::NotReady("stopped".to_owned()),
-        }
+        self.state.readiness()
     }
 
     async fn shutdown(&self) -> anyhow::Result<()> {
-        self.state.store(STOPPED, Ordering::SeqCst);
+        self.state.stopped();
         Ok(())
     }
 }

@@ -48,6 +48,17 @@ pub struct RoleStatus {
     pub reason: Option<String>,
 }
 
+impl From<Readiness> for RoleStatus {
+    fn from(readiness: Readiness) -> Self {
+        let ready = readiness.is_ready();
+        let reason = match readiness {
+            Readiness::Ready => None,
+            Readiness::NotReady(reason) | Readiness::Degraded(reason) => Some(reason),
+        };
+        Self { ready, reason }
+    }
+}
+
 /// The readiness report, as served on `/readyz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
@@ -131,23 +142,13 @@ impl ReadinessTracker {
         let mut not_ready = Vec::new();
         for service in &self.inner.roles {
             let name = service.role().as_str();
-            let status = match (shutting_down, service.readiness()) {
-                (true, _) => RoleStatus {
+            let status = if shutting_down {
+                RoleStatus {
                     ready: false,
                     reason: Some("shutting down".to_owned()),
-                },
-                (false, Readiness::Ready) => RoleStatus {
-                    ready: true,
-                    reason: None,
-                },
-                (false, Readiness::NotReady(reason)) => RoleStatus {
-                    ready: false,
-                    reason: Some(reason),
-                },
-                (false, Readiness::Degraded(reason)) => RoleStatus {
-                    ready: true,
-                    reason: Some(reason),
-                },
+                }
+            } else {
+                RoleStatus::from(service.readiness())
             };
             if !status.ready {
                 not_ready.push(name);
@@ -156,20 +157,7 @@ impl ReadinessTracker {
         }
         let mut services = BTreeMap::new();
         for service in &self.inner.backing {
-            let status = match service.readiness() {
-                Readiness::Ready => RoleStatus {
-                    ready: true,
-                    reason: None,
-                },
-                Readiness::NotReady(reason) => RoleStatus {
-                    ready: false,
-                    reason: Some(reason),
-                },
-                Readiness::Degraded(reason) => RoleStatus {
-                    ready: true,
-                    reason: Some(reason),
-                },
-            };
+            let status = RoleStatus::from(service.readiness());
             if !status.ready {
                 not_ready.push(service.name());
             }

@@ -117,7 +117,7 @@ pub async fn assemble(
     let local = Peer {
         instance_id: instance_id.clone(),
         address,
-        roles: roles.iter().map(|r| peer_role(*r)).collect(),
+        roles: roles.iter().map(|&r| PeerRole::from(r)).collect(),
     };
     let directory = directory::open(&config.cluster.directory(), local).await?;
     backing.push(Arc::new(DirectoryHealth(directory.clone())));
@@ -185,17 +185,6 @@ fn remote_ns_link(
     }
     info!("the Application Server links to a Network Server in another process");
     Ok(Arc::new(DirectoryAsNs::new(directory.clone(), credentials)))
-}
-
-/// The directory's name for a role.
-pub fn peer_role(role: Role) -> PeerRole {
-    match role {
-        Role::Is => PeerRole::IdentityServer,
-        Role::Gs => PeerRole::GatewayServer,
-        Role::Ns => PeerRole::NetworkServer,
-        Role::Js => PeerRole::JoinServer,
-        Role::As => PeerRole::ApplicationServer,
-    }
 }
 
 /// The store's health, pinged in the background so that `/readyz` stays cheap.

@@ -148,6 +148,42 @@ impl Readiness {
     }
 }
 
+/// Where a role is in its lifecycle: created, started or stopped; its readiness follows.
+#[derive(Debug, Default)]
+pub struct RunState(std::sync::atomic::AtomicU8);
+
+impl RunState {
+    const CREATED: u8 = 0;
+    const STARTED: u8 = 1;
+    const STOPPED: u8 = 2;
+
+    /// A role not started yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Marks the role started.
+    pub fn started(&self) {
+        self.0
+            .store(Self::STARTED, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Marks the role stopped.
+    pub fn stopped(&self) {
+        self.0
+            .store(Self::STOPPED, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Ready between start and shutdown; "starting" before, "stopped" after.
+    pub fn readiness(&self) -> Readiness {
+        match self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            Self::STARTED => Readiness::Ready,
+            Self::CREATED => Readiness::NotReady("starting".to_owned()),
+            _ => Readiness::NotReady("stopped".to_owned()),
+        }
+    }
+}
+
 /// Wakes whoever watches readiness (health service, `/readyz` followers) after a change.
 #[derive(Clone, Debug)]
 pub struct ReadinessSignal {

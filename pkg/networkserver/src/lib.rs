@@ -9,14 +9,13 @@
 pub mod link;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use async_trait::async_trait;
 use tern_api::v3::as_ns_server::AsNsServer;
 use tern_cluster::auth::Authenticator;
 use tern_cluster::links::AsNs;
 use tern_cluster::links::grpc::AsNsService;
-use tern_cluster::role::{Readiness, Role, RoleContext, RoleService};
+use tern_cluster::role::{Readiness, Role, RoleContext, RoleService, RunState};
 use tower::Layer;
 
 use crate::link::LinkHub;
@@ -25,12 +24,8 @@ use crate::link::LinkHub;
 pub struct NetworkServer {
     links: LinkHub,
     auth: Authenticator,
-    state: AtomicU8,
+    state: RunState,
 }
-
-const CREATED: u8 = 0;
-const STARTED: u8 = 1;
-const STOPPED: u8 = 2;
 
 impl NetworkServer {
     /// A Network Server whose gRPC services authenticate callers with `auth`.
@@ -38,7 +33,7 @@ impl NetworkServer {
         Self {
             links: LinkHub::new(),
             auth,
-            state: AtomicU8::new(CREATED),
+            state: RunState::new(),
         }
     }
 
@@ -77,20 +72,16 @@ impl RoleService for NetworkServer {
             shutdown.wait().await;
             links.close_all();
         });
-        self.state.store(STARTED, Ordering::SeqCst);
+        self.state.started();
         Ok(())
     }
 
     fn readiness(&self) -> Readiness {
-        match self.state.load(Ordering::SeqCst) {
-            STARTED => Readiness::Ready,
-            CREATED => Readiness::NotReady("starting".to_owned()),
-            _ => Readiness::NotReady("stopped".to_owned()),
-        }
+        self.state.readiness()
     }
 
     async fn shutdown(&self) -> anyhow::Result<()> {
-        self.state.store(STOPPED, Ordering::SeqCst);
+        self.state.stopped();
         Ok(())
     }
 }
