@@ -9,6 +9,7 @@ tools=(
   "etcd:etcd-server"         # the peer directory's tests start a real etcd
   "nats-server:nats-server"  # the event bus's tests start a real NATS server
   "runuser:util-linux"       # scripts/test-postgres.sh runs PostgreSQL as postgres when root
+  "mosquitto_sub:mosquitto-clients" # the AS's MQTT server is tested with the real clients
 )
 
 missing=()
@@ -19,6 +20,8 @@ for entry in "${tools[@]}"; do
 done
 # The PostgreSQL server (not only the psql client) for the store's conformance suite.
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=("postgresql")
+# The mosquitto broker (in /usr/sbin, not always on PATH) for the external MQTT pub/sub tests.
+[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || missing+=("mosquitto")
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 sudo=""

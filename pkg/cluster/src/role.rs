@@ -290,6 +290,13 @@ pub trait RoleService: Send + Sync {
     /// `UNAVAILABLE` until the role has started.
     fn grpc_services(&self, _routes: &mut tonic::service::RoutesBuilder) {}
 
+    /// HTTP routes the role serves on the process's shared HTTP server (e.g. the webhook
+    /// downlink API), merged at the root; paths must not collide with `/api/v3` routes derived
+    /// from the gRPC API, `/healthz`, `/readyz` or `/metrics`. Called once, before start.
+    fn http_routes(&self) -> Option<axum::Router> {
+        None
+    }
+
     /// Starts the role; returns once it can serve, or with the reason it cannot.
     async fn start(&self, ctx: &RoleContext) -> anyhow::Result<()>;
 

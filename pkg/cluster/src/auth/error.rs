@@ -48,6 +48,17 @@ pub enum AuthError {
         /// The missing right, e.g. `application:link`.
         right: String,
     },
+    /// The credentials carry no right `right` on `entity`, neither as their own entity nor
+    /// through ownership, membership or collaboration.
+    #[error("credentials of {holder} lack the right `{right}` on {entity}")]
+    MissingRightOn {
+        /// The entity the credentials belong to.
+        holder: String,
+        /// The entity the call is about.
+        entity: String,
+        /// The missing right.
+        right: String,
+    },
     /// The call is reserved to the roles of the cluster.
     #[error("{0} is reserved to the roles of the cluster: use `authorization: ClusterKey …`")]
     ClusterOnly(String),
@@ -69,7 +80,7 @@ impl AuthError {
             Self::ApiKeyExpired => "api_key_expired",
             Self::VerifierUnavailable(_) => "verifier_unavailable",
             Self::WrongEntity { .. } => "wrong_entity",
-            Self::MissingRight { .. } => "missing_right",
+            Self::MissingRight { .. } | Self::MissingRightOn { .. } => "missing_right",
             Self::ClusterOnly(_) => "cluster_only",
             Self::NotAuthenticated => "not_authenticated",
         }
@@ -85,9 +96,10 @@ impl AuthError {
             | Self::ApiKeysNotAccepted
             | Self::ApiKeyUnknown
             | Self::ApiKeyExpired => Code::Unauthenticated,
-            Self::WrongEntity { .. } | Self::MissingRight { .. } | Self::ClusterOnly(_) => {
-                Code::PermissionDenied
-            }
+            Self::WrongEntity { .. }
+            | Self::MissingRight { .. }
+            | Self::MissingRightOn { .. }
+            | Self::ClusterOnly(_) => Code::PermissionDenied,
             Self::VerifierUnavailable(_) => Code::Unavailable,
             // A wiring bug on the server, not the caller's fault.
             Self::NotAuthenticated => Code::Internal,

@@ -18,7 +18,9 @@ mod error;
 mod keys;
 mod server;
 
-pub use caller::{ApiKeyError, ApiKeyVerifier, AuthInfo, Caller, Entity, RIGHT_APPLICATION_LINK};
+pub use caller::{
+    ApiKeyError, ApiKeyVerifier, AuthInfo, Caller, Entity, RIGHT_APPLICATION_LINK, grants, require,
+};
 pub use error::AuthError;
 pub use keys::{CallCredentials, ClusterKeys, KeyError, MIN_CLUSTER_KEY_LEN};
 pub use server::{AuthLayer, AuthService, Authenticator};

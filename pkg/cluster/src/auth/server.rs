@@ -28,6 +28,11 @@ struct Inner {
     verifier: Option<Arc<dyn ApiKeyVerifier>>,
 }
 
+/// The layer's API key verifier, in the request extensions, so that handlers can ask it for
+/// rights on other entities (see [`super::require`]).
+#[derive(Clone, Debug)]
+pub(super) struct VerifierHandle(pub(super) Option<Arc<dyn ApiKeyVerifier>>);
+
 /// The credentials read from the metadata, borrowed from it.
 enum Credentials<'a> {
     ClusterKey(&'a str),
@@ -221,6 +226,9 @@ where
                 Err(e) => return Ok(tonic::Status::from(e).into_http()),
             };
             request.extensions_mut().insert(Authenticated(caller));
+            request
+                .extensions_mut()
+                .insert(VerifierHandle(auth.inner.verifier.clone()));
             inner.call(request).await
         })
     }

@@ -17,7 +17,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{AsJs, AsNs, BoxStream, GsNs, LinkResult, NsGs, NsJs};
+use super::{AsJs, AsNs, BoxStream, GsIs, GsNs, LinkResult, NsGs, NsJs};
 use crate::auth::{AuthError, CallCredentials, Caller};
 use crate::directory::{PeerDirectory, PeerRole};
 use crate::shard;
@@ -120,6 +120,49 @@ impl GsNs for GsNsClient {
             .report_gateway_connection(event)
             .await
             .map(drop)
+    }
+}
+
+// ---- GS → IS ----
+
+/// A [`GsIs`] over gRPC: the Identity Server's public `GatewayRegistry`, called with the
+/// cluster key (the IS serves cluster callers every gateway).
+#[derive(Clone)]
+pub struct GsIsClient(v3::gateway_registry_client::GatewayRegistryClient<AuthChannel>);
+
+impl GsIsClient {
+    /// A client on `channel`.
+    pub fn new(channel: AuthChannel) -> Self {
+        Self(v3::gateway_registry_client::GatewayRegistryClient::new(
+            channel,
+        ))
+    }
+}
+
+#[async_trait]
+impl GsIs for GsIsClient {
+    async fn gateway_by_eui(&self, eui: [u8; 8]) -> LinkResult<Option<v3::Gateway>> {
+        let mut client = self.0.clone();
+        let ids = match client
+            .get_identifiers_for_eui(v3::GetGatewayIdentifiersForEuiRequest { eui: eui.to_vec() })
+            .await
+        {
+            Ok(ids) => ids.into_inner(),
+            Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
+            Err(status) => return Err(status),
+        };
+        match client
+            .get(v3::GetGatewayRequest {
+                gateway_ids: Some(ids),
+                field_mask: None,
+            })
+            .await
+        {
+            Ok(gateway) => Ok(Some(gateway.into_inner())),
+            // Deleted between the two calls.
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(status),
+        }
     }
 }
 

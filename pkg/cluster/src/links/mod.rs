@@ -51,6 +51,14 @@ pub trait NsGs: Send + Sync + 'static {
     ) -> LinkResult<v3::ScheduleDownlinkResponse>;
 }
 
+/// What the Identity Server offers the Gateway Server: the registry reads of a gateway
+/// connection. The GS caches the answers.
+#[async_trait]
+pub trait GsIs: Send + Sync + 'static {
+    /// The registered gateway with this EUI (8 bytes, display order), or `None`.
+    async fn gateway_by_eui(&self, eui: [u8; 8]) -> LinkResult<Option<v3::Gateway>>;
+}
+
 /// What the Join Server offers the Network Server.
 #[async_trait]
 pub trait NsJs: Send + Sync + 'static {
