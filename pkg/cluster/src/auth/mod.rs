@@ -16,6 +16,7 @@
 mod caller;
 mod error;
 mod keys;
+mod remote;
 mod server;
 
 pub use caller::{
@@ -23,6 +24,7 @@ pub use caller::{
 };
 pub use error::AuthError;
 pub use keys::{CallCredentials, ClusterKeys, KeyError, MIN_CLUSTER_KEY_LEN};
+pub use remote::{IsAddress, RemoteVerifier};
 pub use server::{AuthLayer, AuthService, Authenticator};
 
 /// The metadata key carrying the credentials.

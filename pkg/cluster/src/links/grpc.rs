@@ -463,3 +463,148 @@ impl AsNs for DirectoryAsNs {
         self.client(&app)?.downlink_queue_list(caller, device).await
     }
 }
+
+/// The shard key of an uplink: the DevEUI of a join- or rejoin-request, the DevAddr of a data
+/// frame, `None` for frames no Network Server can use (too short, proprietary).
+pub fn uplink_shard(raw_payload: &[u8]) -> Option<UplinkShard> {
+    let mhdr = *raw_payload.first()?;
+    match mhdr >> 5 {
+        // Join-request: MHDR | JoinEUI | DevEUI | DevNonce | MIC, EUIs little-endian.
+        0b000 => {
+            let mut eui: [u8; 8] = raw_payload.get(9..17)?.try_into().ok()?;
+            eui.reverse();
+            Some(UplinkShard::DevEui(lorawan::Eui64(eui)))
+        }
+        // Rejoin-request type 0/2: MHDR | type | NetID | DevEUI; type 1: MHDR | type | JoinEUI | DevEUI.
+        0b110 => {
+            let range = match raw_payload.get(1)? {
+                0 | 2 => 5..13,
+                1 => 10..18,
+                _ => return None,
+            };
+            let mut eui: [u8; 8] = raw_payload.get(range)?.try_into().ok()?;
+            eui.reverse();
+            Some(UplinkShard::DevEui(lorawan::Eui64(eui)))
+        }
+        // Data uplinks: MHDR | DevAddr (little-endian) | ...
+        0b010 | 0b100 => {
+            let mut addr: [u8; 4] = raw_payload.get(1..5)?.try_into().ok()?;
+            addr.reverse();
+            Some(UplinkShard::DevAddr(lorawan::DevAddr(addr)))
+        }
+        _ => None,
+    }
+}
+
+/// What an uplink is sharded by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UplinkShard {
+    /// A join- or rejoin-request, by DevEUI.
+    DevEui(lorawan::Eui64),
+    /// A data uplink, by DevAddr.
+    DevAddr(lorawan::DevAddr),
+}
+
+/// A [`GsNs`] that hands each uplink to the Network Server owning its shard (DevAddr for
+/// data, DevEUI for joins; rendezvous hashing over the directory's Network Servers), so each
+/// device has one writer. The Network Server of this process, when there is one, is called
+/// in-process. TX acknowledgments go to the NS named before the first `/` of the
+/// `downlink_id` (Network Servers make their IDs so), connection events to every NS.
+pub struct DirectoryGsNs {
+    directory: Arc<dyn PeerDirectory>,
+    credentials: CallCredentials,
+    local: Option<(String, Arc<dyn GsNs>)>,
+    clients: Mutex<HashMap<String, GsNsClient>>,
+}
+
+impl std::fmt::Debug for DirectoryGsNs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectoryGsNs")
+            .field("directory", &self.directory)
+            .field("local", &self.local.as_ref().map(|(id, _)| id))
+            .finish_non_exhaustive()
+    }
+}
+
+impl DirectoryGsNs {
+    /// Routes through `directory` with `credentials` (the cluster key); `local` is this
+    /// process's instance ID and Network Server, if it runs one.
+    pub fn new(
+        directory: Arc<dyn PeerDirectory>,
+        credentials: CallCredentials,
+        local: Option<(String, Arc<dyn GsNs>)>,
+    ) -> Self {
+        Self {
+            directory,
+            credentials,
+            local,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn target(&self, peer: &crate::directory::Peer) -> Result<Arc<dyn GsNs>, Status> {
+        if let Some((id, local)) = &self.local
+            && *id == peer.instance_id
+        {
+            return Ok(local.clone());
+        }
+        let mut clients = self.clients.lock().expect("client cache lock");
+        if let Some(client) = clients.get(&peer.address) {
+            return Ok(Arc::new(client.clone()));
+        }
+        let client = GsNsClient::new(channel(&peer.address, self.credentials.clone())?);
+        clients.insert(peer.address.clone(), client.clone());
+        Ok(Arc::new(client))
+    }
+
+    fn network_servers(&self) -> Result<Vec<crate::directory::Peer>, Status> {
+        let peers = self.directory.peers(PeerRole::NetworkServer);
+        if peers.is_empty() {
+            return Err(Status::unavailable(
+                "no Network Server is known: check cluster.network-server or etcd",
+            ));
+        }
+        Ok(peers)
+    }
+}
+
+#[async_trait]
+impl GsNs for DirectoryGsNs {
+    async fn handle_uplink(&self, uplink: v3::UplinkMessage) -> LinkResult<()> {
+        let peers = self.network_servers()?;
+        let peer = match uplink_shard(&uplink.raw_payload) {
+            Some(UplinkShard::DevAddr(addr)) => shard::by_dev_addr(addr, &peers),
+            Some(UplinkShard::DevEui(eui)) => shard::by_dev_eui(eui, &peers),
+            // Let a Network Server reject it with its reason.
+            None => peers.first(),
+        }
+        .expect("peers is not empty");
+        self.target(peer)?.handle_uplink(uplink).await
+    }
+
+    async fn report_tx_ack(&self, ack: v3::TxAcknowledgment) -> LinkResult<()> {
+        let peers = self.network_servers()?;
+        let owner = ack.downlink_id.split_once('/').map(|(id, _)| id);
+        match peers.iter().find(|p| Some(p.instance_id.as_str()) == owner) {
+            Some(peer) => self.target(peer)?.report_tx_ack(ack).await,
+            None => Err(Status::not_found(format!(
+                "no Network Server scheduled downlink `{}`",
+                ack.downlink_id
+            ))),
+        }
+    }
+
+    async fn report_gateway_connection(&self, event: v3::GatewayConnectionEvent) -> LinkResult<()> {
+        let mut first_error = None;
+        for peer in self.network_servers()? {
+            if let Err(e) = self
+                .target(&peer)?
+                .report_gateway_connection(event.clone())
+                .await
+            {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
