@@ -6,6 +6,8 @@
 //! - [`udp::UdpGateway`]: a gateway speaking the Semtech UDP packet forwarder protocol
 //!   (PUSH_DATA/PUSH_ACK, PULL_DATA/PULL_ACK, PULL_RESP/TX_ACK) with a concentrator clock,
 //!   so a test can tell whether a downlink reached it in time for its receive window.
+//! - [`station::Station`]: a LoRa Basics Station speaking the LNS protocol over WebSocket
+//!   (discovery, `router_config`, `jreq`/`updf`, `dnmsg`/`dntxed`, `timesync`).
 //!
 //! The end-to-end tests, the benchmarks and `ternctl simulate` drive Tern with these.
 
@@ -13,6 +15,7 @@
 
 pub mod device;
 pub mod semtech;
+pub mod station;
 pub mod udp;
 
 pub use device::{Device, DeviceConfig, Downlink, Keys, Uplink, Version};
