@@ -5,7 +5,9 @@
 //! is retried with exponential backoff; its state is the AS's readiness, so `/readyz` shows
 //! why an AS is not linked (e.g. the NS's `PERMISSION_DENIED` message).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -13,9 +15,9 @@ use tern_api::v3;
 use tern_cluster::auth::Caller;
 use tern_cluster::links::{AsNs, LinkResult};
 use tern_cluster::role::{ReadinessSignal, Shutdown};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{debug, info, warn};
 
 /// What the AS links.
@@ -53,22 +55,57 @@ pub enum LinkState {
     Down(String),
 }
 
+/// Processes what the Network Server sends for an application. `handle` returns once the
+/// message is durably handed on (stored or published); only then is it acknowledged, so an
+/// error makes the NS resend it after a relink.
+#[async_trait::async_trait]
+pub trait UpHandler: Send + Sync + 'static {
+    /// Handles one message.
+    async fn handle(&self, up: v3::ApplicationUp) -> anyhow::Result<()>;
+}
+
+/// How long a queue operation may wait for its result.
+const QUEUE_OPERATION_TIMEOUT: Duration = Duration::from_secs(15);
+
+type Requests = mpsc::UnboundedSender<LinkResult<v3::LinkRequest>>;
+
 /// Keeps the link to the Network Server open until shutdown.
 pub struct Linker {
     ns: Arc<dyn AsNs>,
     config: LinkConfig,
     instance_id: String,
     state: watch::Sender<LinkState>,
+    handler: Option<Arc<dyn UpHandler>>,
+    current: Mutex<Option<Requests>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<v3::DownlinkQueueOperationResult>>>,
+    next_operation: AtomicU64,
+    acknowledged: Mutex<HashMap<String, u64>>,
 }
 
 impl Linker {
-    /// A linker to `ns` (in-process or gRPC) for `config`, naming itself `instance_id`.
+    /// A linker to `ns` (in-process or gRPC) for `config`, naming itself `instance_id`, that
+    /// drops what the NS sends (no pipeline).
     pub fn new(ns: Arc<dyn AsNs>, config: LinkConfig, instance_id: String) -> Self {
+        Self::with_handler(ns, config, instance_id, None)
+    }
+
+    /// A linker that hands every message of the NS to `handler`.
+    pub fn with_handler(
+        ns: Arc<dyn AsNs>,
+        config: LinkConfig,
+        instance_id: String,
+        handler: Option<Arc<dyn UpHandler>>,
+    ) -> Self {
         Self {
             ns,
             config,
             instance_id,
             state: watch::Sender::new(LinkState::Starting),
+            handler,
+            current: Mutex::new(None),
+            pending: Mutex::new(HashMap::new()),
+            next_operation: AtomicU64::new(1),
+            acknowledged: Mutex::new(HashMap::new()),
         }
     }
 
@@ -80,6 +117,46 @@ impl Linker {
     /// A receiver of state changes.
     pub fn subscribe(&self) -> watch::Receiver<LinkState> {
         self.state.subscribe()
+    }
+
+    /// Sends a downlink queue operation on the link and waits for its result.
+    /// `UNAVAILABLE` when the link is down or breaks before the result arrives.
+    pub async fn queue_operation(
+        &self,
+        mut operation: v3::DownlinkQueueOperation,
+    ) -> Result<v3::DownlinkQueueOperationResult, tonic::Status> {
+        let id = self.next_operation.fetch_add(1, Ordering::Relaxed);
+        operation.operation_id = id;
+        let (tx, rx) = oneshot::channel();
+        let sender = self.current.lock().expect("link lock").clone();
+        let Some(sender) = sender else {
+            return Err(tonic::Status::unavailable(
+                "not linked to the Network Server",
+            ));
+        };
+        self.pending.lock().expect("pending lock").insert(id, tx);
+        let frame = v3::LinkRequest {
+            frame: Some(v3::link_request::Frame::QueueOperation(operation)),
+        };
+        if sender.send(Ok(frame)).is_err() {
+            self.pending.lock().expect("pending lock").remove(&id);
+            return Err(tonic::Status::unavailable(
+                "the link to the Network Server closed",
+            ));
+        }
+        match tokio::time::timeout(QUEUE_OPERATION_TIMEOUT, rx).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(_)) => Err(tonic::Status::unavailable(
+                "the link to the Network Server closed before the queue operation was answered",
+            )),
+            Err(_) => {
+                self.pending.lock().expect("pending lock").remove(&id);
+                Err(tonic::Status::deadline_exceeded(format!(
+                    "the Network Server did not answer the queue operation within {}s",
+                    QUEUE_OPERATION_TIMEOUT.as_secs()
+                )))
+            }
+        }
     }
 
     fn set(&self, state: LinkState, readiness: &ReadinessSignal) {
@@ -110,9 +187,13 @@ impl Linker {
         let mut backoff = self.config.min_backoff;
         while !shutdown.is_triggered() {
             let linked_once = tokio::select! {
-                linked = self.link_once(&readiness) => linked,
-                () = shutdown.wait() => return,
+                linked = self.clone().link_once(&readiness) => linked,
+                () = shutdown.wait() => {
+                    self.close_link();
+                    return;
+                }
             };
+            self.close_link();
             if linked_once {
                 backoff = self.config.min_backoff;
             }
@@ -125,10 +206,28 @@ impl Linker {
         }
     }
 
+    /// Forgets the link's sender and fails the operations waiting on it.
+    fn close_link(&self) {
+        self.current.lock().expect("link lock").take();
+        self.pending.lock().expect("pending lock").clear();
+    }
+
     /// One link: open, wait for `LinkEstablished`, then read until it ends. Returns whether
     /// the link was established.
-    async fn link_once(&self, readiness: &ReadinessSignal) -> bool {
-        let (tx, rx) = mpsc::channel::<LinkResult<v3::LinkRequest>>(16);
+    async fn link_once(self: Arc<Self>, readiness: &ReadinessSignal) -> bool {
+        let (tx, rx) = mpsc::unbounded_channel::<LinkResult<v3::LinkRequest>>();
+        let acknowledged = self
+            .acknowledged
+            .lock()
+            .expect("ack lock")
+            .iter()
+            .map(|(app, seq)| v3::LinkAck {
+                application_ids: Some(v3::ApplicationIdentifiers {
+                    application_id: app.clone(),
+                }),
+                sequence: *seq,
+            })
+            .collect();
         let start = v3::LinkStart {
             application_ids: self
                 .config
@@ -140,17 +239,15 @@ impl Linker {
                 .collect(),
             all_applications: self.config.applications.is_empty(),
             instance_id: self.instance_id.clone(),
-            acknowledged: Vec::new(),
+            acknowledged,
         };
-        let _ = tx
-            .send(Ok(v3::LinkRequest {
-                frame: Some(v3::link_request::Frame::Start(start)),
-            }))
-            .await;
+        let _ = tx.send(Ok(v3::LinkRequest {
+            frame: Some(v3::link_request::Frame::Start(start)),
+        }));
         // In-process the AS is a cluster peer; over gRPC the channel's credentials decide.
         let mut responses = match self
             .ns
-            .link_application(Caller::Cluster, Box::pin(ReceiverStream::new(rx)))
+            .link_application(Caller::Cluster, Box::pin(UnboundedReceiverStream::new(rx)))
             .await
         {
             Ok(responses) => responses,
@@ -168,6 +265,7 @@ impl Linker {
                     .into_iter()
                     .map(|a| a.application_id)
                     .collect();
+                *self.current.lock().expect("link lock") = Some(tx.clone());
                 self.set(LinkState::Linked(apps), readiness);
             }
             Some(Err(status)) => {
@@ -189,15 +287,74 @@ impl Linker {
                 return false;
             }
         }
-        // Frames for the applications (uplinks, queue results) are handled by the AS
-        // pipeline, which arrives with the Application Server issue.
+        // Messages are processed in order by one task, so that the read loop stays free to
+        // deliver queue results the processing may wait for.
+        let (up_tx, mut up_rx) = mpsc::unbounded_channel::<v3::SequencedApplicationUp>();
+        let (failed_tx, mut failed_rx) = mpsc::channel::<String>(1);
+        let processor = {
+            let this = self.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(sequenced) = up_rx.recv().await {
+                    let Some(up) = sequenced.up else { continue };
+                    let app = up
+                        .end_device_ids
+                        .as_ref()
+                        .and_then(|ids| ids.application_ids.as_ref())
+                        .map(|a| a.application_id.clone())
+                        .unwrap_or_default();
+                    let done = this
+                        .acknowledged
+                        .lock()
+                        .expect("ack lock")
+                        .get(&app)
+                        .is_some_and(|&seq| sequenced.sequence <= seq && sequenced.sequence != 0);
+                    if !done
+                        && let Some(handler) = &this.handler
+                        && let Err(e) = handler.handle(up).await
+                    {
+                        // Not acknowledged: the NS resends it after the relink.
+                        let _ = failed_tx
+                            .send(format!("processing a message of `{app}` failed: {e:#}"))
+                            .await;
+                        return;
+                    }
+                    this.acknowledged
+                        .lock()
+                        .expect("ack lock")
+                        .insert(app.clone(), sequenced.sequence);
+                    let _ = tx.send(Ok(v3::LinkRequest {
+                        frame: Some(v3::link_request::Frame::Ack(v3::LinkAck {
+                            application_ids: Some(v3::ApplicationIdentifiers {
+                                application_id: app,
+                            }),
+                            sequence: sequenced.sequence,
+                        })),
+                    }));
+                }
+            })
+        };
         let reason = loop {
-            match responses.next().await {
-                Some(Ok(_frame)) => {}
-                Some(Err(status)) => break describe(&status),
-                None => break "the Network Server closed the link".to_owned(),
+            tokio::select! {
+                frame = responses.next() => match frame {
+                    Some(Ok(v3::LinkResponse { frame: Some(v3::link_response::Frame::Up(up)) })) => {
+                        let _ = up_tx.send(up);
+                    }
+                    Some(Ok(v3::LinkResponse { frame: Some(v3::link_response::Frame::QueueResult(result)) })) => {
+                        let waiter = self.pending.lock().expect("pending lock").remove(&result.operation_id);
+                        if let Some(waiter) = waiter {
+                            let _ = waiter.send(result);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(status)) => break describe(&status),
+                    None => break "the Network Server closed the link".to_owned(),
+                },
+                Some(reason) = failed_rx.recv() => break reason,
             }
         };
+        processor.abort();
+        let _ = processor.await;
         drop(tx);
         self.set(LinkState::Down(reason), readiness);
         true

@@ -12,6 +12,7 @@
 //!   yields matching events, or tells how many it missed when it fell behind. In-process by
 //!   default; through NATS when `events.nats.url` is set, so that every process of a
 //!   cluster sees every event (see the crate's README for subjects and delivery semantics).
+//! - [`service::EventsService`]: the public `Events.Stream` gRPC service over the bus.
 #![warn(missing_docs)]
 
 mod bus;
@@ -22,6 +23,7 @@ mod error;
 mod event;
 mod filter;
 mod nats;
+pub mod service;
 
 pub use bus::{EventBus, RecvError, Stats, Subscription};
 pub use config::{DEFAULT_BUFFER, DEFAULT_SUBJECT_PREFIX, Encoding, EventsConfig, NatsConfig};

@@ -52,6 +52,12 @@ impl Kek {
         self.0.len()
     }
 
+    /// The key itself, to hand the same KEK to a Network or Application Server in this
+    /// process; never log it.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
     /// Always false: a KEK has 16, 24 or 32 bytes.
     pub fn is_empty(&self) -> bool {
         false

@@ -10,8 +10,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use prost::Message;
+use tern_store::{Batch, Expect, Store, Table};
 
 use async_trait::async_trait;
 use prometheus_client::metrics::counter::Counter;
@@ -54,6 +57,37 @@ struct Links {
 struct LinkMetrics {
     active: Gauge,
     refused: Family<[(&'static str, &'static str); 1], Counter>,
+    kept: Counter,
+    evicted: Counter,
+}
+
+/// Messages kept for applications that no AS holds, by `application_id/sequence` (20
+/// digits, so that keys sort by sequence).
+pub static LINK_BACKLOG: Table = Table {
+    name: "ns.link-backlog",
+    what: "NS link backlog message",
+};
+
+/// Answers the downlink queue operations that arrive on links.
+#[async_trait]
+pub trait QueueHandler: Send + Sync + 'static {
+    /// Applies one operation; failures are in the result's `error`.
+    async fn queue_operation(
+        &self,
+        op: v3::DownlinkQueueOperation,
+    ) -> v3::DownlinkQueueOperationResult;
+    /// A device's queue.
+    async fn queue_list(
+        &self,
+        device: &v3::EndDeviceIdentifiers,
+    ) -> Result<v3::ApplicationDownlinks, Status>;
+}
+
+/// What a hub of a running NS has: its store (for the backlog) and its queue handler.
+struct Attached {
+    store: Store,
+    handler: Arc<dyn QueueHandler>,
+    bound: usize,
 }
 
 /// The applications linked to this Network Server, and to which AS.
@@ -63,6 +97,8 @@ pub struct LinkHub {
     next_id: Arc<AtomicU64>,
     metrics: LinkMetrics,
     closing: Shutdown,
+    attached: Arc<OnceLock<Attached>>,
+    sequences: Arc<tokio::sync::Mutex<HashMap<String, u64>>>,
 }
 
 impl std::fmt::Debug for LinkHub {
@@ -85,8 +121,210 @@ impl LinkHub {
         self.closing.trigger();
     }
 
-    /// Registers `tern_ns_links_active` and `tern_ns_link_refused_total{reason}`.
+    /// Connects the hub to the NS: messages for unlinked applications are kept in `store`
+    /// (at most `bound` per application), queue operations go to `handler`. Once only;
+    /// later calls are ignored.
+    pub fn attach(&self, store: Store, handler: Arc<dyn QueueHandler>, bound: usize) {
+        let _ = self.attached.set(Attached {
+            store,
+            handler,
+            bound: bound.max(1),
+        });
+    }
+
+    /// Sends a message to the AS holding `application_id`'s link, with the next sequence
+    /// number of the application. When no AS holds it (or the link is gone), the message is
+    /// kept in the store and sent when an AS links; beyond the bound the oldest kept message
+    /// is evicted (counted in `tern_ns_link_backlog_evicted_total` and logged).
+    pub async fn deliver(&self, application_id: &str, up: v3::ApplicationUp) {
+        // The lock is held only to number the message (and once per application to find
+        // the last kept number), not while it is sent or stored.
+        let sequence = {
+            let mut sequences = self.sequences.lock().await;
+            let sequence = match sequences.get(application_id) {
+                Some(s) => s + 1,
+                None => self.last_kept_sequence(application_id).await + 1,
+            };
+            sequences.insert(application_id.to_owned(), sequence);
+            sequence
+        };
+        let frame = v3::SequencedApplicationUp {
+            sequence,
+            up: Some(up),
+        };
+        let response = v3::LinkResponse {
+            frame: Some(v3::link_response::Frame::Up(frame.clone())),
+        };
+        if self.send(application_id, response) {
+            return;
+        }
+        let Some(attached) = self.attached.get() else {
+            warn!(
+                application_id,
+                sequence, "no Application Server linked and no store to keep the message: dropped"
+            );
+            self.metrics.evicted.inc();
+            return;
+        };
+        let mut batch = Batch::new();
+        batch.put(
+            &LINK_BACKLOG,
+            backlog_key(application_id, sequence),
+            frame.encode_to_vec(),
+            Expect::Any,
+            Vec::new(),
+        );
+        if let Err(e) = attached.store.commit(batch).await {
+            warn!(application_id, sequence, error = %e, "cannot keep a message for an unlinked application: dropped");
+            self.metrics.evicted.inc();
+            return;
+        }
+        self.metrics.kept.inc();
+        let prefix = format!("{application_id}/");
+        let count = attached
+            .store
+            .count(&LINK_BACKLOG, &prefix)
+            .await
+            .unwrap_or(0);
+        if count as usize > attached.bound {
+            let excess = count as usize - attached.bound;
+            if let Ok(page) = attached
+                .store
+                .scan(&LINK_BACKLOG, &prefix, None, excess)
+                .await
+            {
+                let mut batch = Batch::new();
+                for r in &page.items {
+                    batch.delete(&LINK_BACKLOG, r.key.clone(), Expect::Any);
+                }
+                if attached.store.commit(batch).await.is_ok() {
+                    self.metrics.evicted.inc_by(page.items.len() as u64);
+                    warn!(
+                        application_id,
+                        evicted = page.items.len(),
+                        bound = attached.bound,
+                        "link backlog full: oldest messages evicted"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The highest sequence kept for an application (0: none).
+    async fn last_kept_sequence(&self, application_id: &str) -> u64 {
+        let Some(attached) = self.attached.get() else {
+            return 0;
+        };
+        let prefix = format!("{application_id}/");
+        let mut after: Option<String> = None;
+        let mut last = 0;
+        loop {
+            let Ok(page) = attached
+                .store
+                .scan(&LINK_BACKLOG, &prefix, after.as_deref(), 500)
+                .await
+            else {
+                return last;
+            };
+            if let Some(r) = page.items.last() {
+                last = sequence_of(&r.key).unwrap_or(last);
+            }
+            match page.next {
+                Some(n) => after = Some(n),
+                None => return last,
+            }
+        }
+    }
+
+    /// Forgets the kept messages of an application up to `sequence`, and makes the next
+    /// sequence number follow it.
+    async fn acknowledge(&self, application_id: &str, sequence: u64) {
+        {
+            let mut sequences = self.sequences.lock().await;
+            let s = sequences.entry(application_id.to_owned()).or_insert(0);
+            *s = (*s).max(sequence);
+        }
+        let Some(attached) = self.attached.get() else {
+            return;
+        };
+        let prefix = format!("{application_id}/");
+        loop {
+            let Ok(page) = attached.store.scan(&LINK_BACKLOG, &prefix, None, 500).await else {
+                return;
+            };
+            let mut batch = Batch::new();
+            for r in page
+                .items
+                .iter()
+                .filter(|r| sequence_of(&r.key).is_some_and(|s| s <= sequence))
+            {
+                batch.delete(&LINK_BACKLOG, r.key.clone(), Expect::Any);
+            }
+            let done = batch.ops.len() < page.items.len() || page.next.is_none();
+            if batch.ops.is_empty() || attached.store.commit(batch).await.is_err() {
+                return;
+            }
+            if done {
+                return;
+            }
+        }
+    }
+
+    /// The kept messages of the applications of a new link (all applications: every one).
+    async fn backlog(
+        &self,
+        applications: &[v3::ApplicationIdentifiers],
+        all: bool,
+    ) -> Vec<v3::SequencedApplicationUp> {
+        let Some(attached) = self.attached.get() else {
+            return Vec::new();
+        };
+        let prefixes: Vec<String> = if all {
+            vec![String::new()]
+        } else {
+            applications
+                .iter()
+                .map(|a| format!("{}/", a.application_id))
+                .collect()
+        };
+        let mut out = Vec::new();
+        for prefix in prefixes {
+            let mut after: Option<String> = None;
+            loop {
+                let Ok(page) = attached
+                    .store
+                    .scan(&LINK_BACKLOG, &prefix, after.as_deref(), 500)
+                    .await
+                else {
+                    break;
+                };
+                out.extend(
+                    page.items.iter().filter_map(|r| {
+                        v3::SequencedApplicationUp::decode(r.value.as_slice()).ok()
+                    }),
+                );
+                match page.next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+        }
+        out
+    }
+
+    /// Registers `tern_ns_links_active`, `tern_ns_link_refused_total{reason}`,
+    /// `tern_ns_link_backlog_kept_total` and `tern_ns_link_backlog_evicted_total`.
     pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "link_backlog_kept",
+            "Messages kept in the store because no Application Server held the link",
+            self.metrics.kept.clone(),
+        );
+        registry.register(
+            "link_backlog_evicted",
+            "Messages for unlinked applications evicted because the backlog was full",
+            self.metrics.evicted.clone(),
+        );
         registry.register(
             "links_active",
             "Application Server links currently open",
@@ -232,9 +470,45 @@ impl LinkHub {
         }
     }
 
-    /// Answers one queue operation. The NS holds no device sessions yet (they arrive with
-    /// the uplink path), so every device is unknown to it.
-    fn queue_result(op: &v3::DownlinkQueueOperation) -> v3::LinkResponse {
+    /// Answers one queue operation: through the attached NS, else as unknown device.
+    async fn queue_result(
+        &self,
+        caller: &Caller,
+        op: v3::DownlinkQueueOperation,
+    ) -> v3::LinkResponse {
+        let app = op
+            .end_device_ids
+            .as_ref()
+            .and_then(|d| d.application_ids.as_ref())
+            .map(|a| a.application_id.clone())
+            .unwrap_or_default();
+        if let Err(e) = caller.require_application(&app, RIGHT_APPLICATION_LINK) {
+            return v3::LinkResponse {
+                frame: Some(v3::link_response::Frame::QueueResult(
+                    v3::DownlinkQueueOperationResult {
+                        operation_id: op.operation_id,
+                        error: Some(v3::ErrorDetails {
+                            code: tonic::Code::PermissionDenied as u32,
+                            name: e.reason().to_owned(),
+                            message: e.to_string(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )),
+            };
+        }
+        if let Some(attached) = self.attached.get() {
+            return v3::LinkResponse {
+                frame: Some(v3::link_response::Frame::QueueResult(
+                    attached.handler.queue_operation(op).await,
+                )),
+            };
+        }
+        Self::unknown_device(&op)
+    }
+
+    fn unknown_device(op: &v3::DownlinkQueueOperation) -> v3::LinkResponse {
         let device = op
             .end_device_ids
             .as_ref()
@@ -307,20 +581,39 @@ impl AsNs for LinkHub {
         };
         // The channel is new and large: the first frame always fits.
         let _ = tx.try_send(Ok(established));
+        for ack in &start.acknowledged {
+            if let Some(app) = ack.application_ids.as_ref() {
+                self.acknowledge(&app.application_id, ack.sequence).await;
+            }
+        }
+        let kept = self
+            .backlog(&start.application_ids, start.all_applications)
+            .await;
 
         let hub = self.clone();
         tokio::spawn(async move {
+            for frame in kept {
+                let response = v3::LinkResponse {
+                    frame: Some(v3::link_response::Frame::Up(frame)),
+                };
+                if tx.send(Ok(response)).await.is_err() {
+                    break;
+                }
+            }
             loop {
                 tokio::select! {
                     request = requests.next() => match request {
                         Some(Ok(v3::LinkRequest { frame: Some(v3::link_request::Frame::QueueOperation(op)) })) => {
-                            if tx.send(Ok(LinkHub::queue_result(&op))).await.is_err() {
+                            if tx.send(Ok(hub.queue_result(&caller, op).await)).await.is_err() {
                                 break;
                             }
                         }
-                        // Acknowledgements let the NS forget delivered messages; nothing is
-                        // kept yet.
-                        Some(Ok(v3::LinkRequest { frame: Some(v3::link_request::Frame::Ack(_)) })) => {}
+                        // Acknowledgements let the NS forget kept messages.
+                        Some(Ok(v3::LinkRequest { frame: Some(v3::link_request::Frame::Ack(ack)) })) => {
+                            if let Some(app) = ack.application_ids.as_ref() {
+                                hub.acknowledge(&app.application_id, ack.sequence).await;
+                            }
+                        }
                         Some(Ok(_)) => {
                             let _ = tx
                                 .send(Err(Status::invalid_argument(
@@ -361,9 +654,20 @@ impl AsNs for LinkHub {
         caller
             .require_application(&app, RIGHT_APPLICATION_LINK)
             .map_err(Status::from)?;
+        if let Some(attached) = self.attached.get() {
+            return attached.handler.queue_list(&device).await;
+        }
         Err(Status::not_found(format!(
             "device {:?} of application {app:?} has no session on this Network Server",
             device.device_id
         )))
     }
+}
+
+fn backlog_key(application_id: &str, sequence: u64) -> String {
+    format!("{application_id}/{sequence:020}")
+}
+
+fn sequence_of(key: &str) -> Option<u64> {
+    key.rsplit_once('/').and_then(|(_, s)| s.parse().ok())
 }

@@ -1,0 +1,562 @@
+//! The in-memory device table: every device with a session, indexed by DevAddr (current and
+//! pending sessions) and by `application_id/device_id`, so that matching an uplink is one
+//! hash lookup plus the MICs. Sharded, so that no lock is global on the hot path.
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::{Arc, RwLock};
+
+use lorawan::crypto::{self, FOptsCounterVariant};
+use lorawan::{Aes128Key, DevAddr, Direction, MType, PhyPayload};
+use prost::Message;
+use tern_api::v3;
+use tern_store::NsDeviceRecord;
+
+/// Shards of each index.
+const SHARDS: usize = 64;
+
+/// NS-private state of a device, kept in `NsDeviceRecord.state`.
+#[derive(Clone, PartialEq, Message)]
+pub struct NsState {
+    /// Whether the current session received an uplink (else any first FCnt is accepted).
+    #[prost(bool, tag = "1")]
+    pub f_cnt_up_seen: bool,
+    /// The next NFCntDown (1.1) or FCntDown (1.0.x) to use.
+    #[prost(uint32, tag = "2")]
+    pub next_n_f_cnt_down: u32,
+    /// The next AFCntDown the Application Server may encrypt with (1.1; 1.0.x shares the
+    /// counter with `next_n_f_cnt_down`): past every queued item.
+    #[prost(uint32, tag = "3")]
+    pub next_a_f_cnt_down: u32,
+    /// The FCnt of the last confirmed downlink (1.1 ConfFCnt of the acknowledging uplink).
+    #[prost(uint32, tag = "4")]
+    pub last_conf_f_cnt_down: u32,
+    /// The confirmed application downlink waiting for its ACK.
+    #[prost(message, optional, tag = "5")]
+    pub confirmed: Option<v3::ApplicationDownlink>,
+    /// Transmissions of `confirmed` so far.
+    #[prost(uint32, tag = "6")]
+    pub confirmed_attempts: u32,
+    /// The tern-mac state.
+    #[prost(bytes = "vec", tag = "7")]
+    pub mac: Vec<u8>,
+    /// Uplink tokens of the last uplink, best gateway first (class C paths).
+    #[prost(bytes = "vec", repeated, tag = "8")]
+    pub last_uplink_tokens: Vec<Vec<u8>>,
+    /// Frequency of the last uplink (Hz).
+    #[prost(uint64, tag = "9")]
+    pub last_uplink_frequency: u64,
+    /// Data rate index of the last uplink.
+    #[prost(uint32, tag = "10")]
+    pub last_uplink_dr: u32,
+    /// The PHYPayload of the last confirmed downlink sent while `confirmed` waits (resent
+    /// on a retry with the same counter).
+    #[prost(bytes = "vec", tag = "11")]
+    pub confirmed_phy: Vec<u8>,
+    /// Gateways of the last uplink, best first (class C paths).
+    #[prost(message, repeated, tag = "12")]
+    pub last_gateways: Vec<v3::GatewayIdentifiers>,
+    /// The next AFCntDown not used on air yet (1.1).
+    #[prost(uint32, tag = "13")]
+    pub next_a_f_cnt_down_air: u32,
+    /// The MAC state of the pending session (from its join-accept).
+    #[prost(bytes = "vec", tag = "14")]
+    pub pending_mac: Vec<u8>,
+}
+
+/// The network keys of one session, in clear (in memory only).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SessionCtx {
+    /// The session's DevAddr.
+    pub dev_addr: DevAddr,
+    /// FNwkSIntKey (1.1) or NwkSKey (1.0.x).
+    pub f_nwk_s_int_key: Aes128Key,
+    /// SNwkSIntKey (1.1; the NwkSKey for 1.0.x).
+    pub s_nwk_s_int_key: Aes128Key,
+    /// NwkSEncKey (1.1; the NwkSKey for 1.0.x).
+    pub nwk_s_enc_key: Aes128Key,
+    /// LoRaWAN 1.1 session.
+    pub v1_1: bool,
+    /// The session key ID (empty for ABP).
+    pub session_key_id: Vec<u8>,
+}
+
+/// Unwraps session keys with the NS's KEKs.
+#[derive(Clone, Default)]
+pub struct KeyVault {
+    keks: HashMap<String, Aes128Key>,
+}
+
+impl KeyVault {
+    /// A vault with these KEKs by label.
+    pub fn new(keks: impl IntoIterator<Item = (String, Aes128Key)>) -> Self {
+        Self {
+            keks: keks.into_iter().collect(),
+        }
+    }
+
+    /// The clear key of an envelope: unwrapped with the KEK of its label, or as it is.
+    pub fn open(&self, field: &str, env: &v3::KeyEnvelope) -> Result<Aes128Key, String> {
+        if env.is_wrapped() {
+            let kek = self.keks.get(&env.kek_label).ok_or_else(|| {
+                format!(
+                    "{field}: wrapped with KEK {:?}, which this Network Server does not have",
+                    env.kek_label
+                )
+            })?;
+            return crypto::unwrap_key(kek, &env.encrypted_key)
+                .map_err(|e| format!("{field}: cannot unwrap: {e}"));
+        }
+        env.clear_key()
+            .map_err(|e| format!("{field}: {e}"))?
+            .ok_or_else(|| format!("{field}: no key"))
+    }
+
+    /// The network keys of a session.
+    pub fn session(&self, session: &v3::Session, v1_1: bool) -> Result<SessionCtx, String> {
+        let dev_addr = tern_api::convert::dev_addr("session.dev_addr", &session.dev_addr)
+            .map_err(|e| e.to_string())?
+            .ok_or("session.dev_addr: required")?;
+        let keys = session.keys.as_ref().ok_or("session.keys: required")?;
+        let f = self.open(
+            "session.keys.f_nwk_s_int_key",
+            keys.f_nwk_s_int_key
+                .as_ref()
+                .ok_or("session.keys.f_nwk_s_int_key: required")?,
+        )?;
+        let (s, e) = if v1_1 {
+            (
+                self.open(
+                    "session.keys.s_nwk_s_int_key",
+                    keys.s_nwk_s_int_key
+                        .as_ref()
+                        .ok_or("session.keys.s_nwk_s_int_key: required for LoRaWAN 1.1")?,
+                )?,
+                self.open(
+                    "session.keys.nwk_s_enc_key",
+                    keys.nwk_s_enc_key
+                        .as_ref()
+                        .ok_or("session.keys.nwk_s_enc_key: required for LoRaWAN 1.1")?,
+                )?,
+            )
+        } else {
+            (f, f)
+        };
+        Ok(SessionCtx {
+            dev_addr,
+            f_nwk_s_int_key: f,
+            s_nwk_s_int_key: s,
+            nwk_s_enc_key: e,
+            v1_1,
+            session_key_id: keys.session_key_id.clone(),
+        })
+    }
+}
+
+/// One device, as the NS holds it in memory.
+#[derive(Clone)]
+pub struct Device {
+    /// The stored record.
+    pub record: NsDeviceRecord,
+    /// Its version in the store.
+    pub version: u64,
+    /// The NS-private state (decoded `record.state`).
+    pub state: NsState,
+    /// The current session's keys.
+    pub current: Option<SessionCtx>,
+    /// The pending session's keys.
+    pub pending: Option<SessionCtx>,
+}
+
+/// Which session an uplink verified with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// The current session.
+    Current,
+    /// The pending session (first uplink after a join).
+    Pending,
+}
+
+/// An uplink that verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// The session.
+    pub which: Which,
+    /// The full 32-bit FCnt.
+    pub f_cnt: u32,
+    /// The same FCnt as the last accepted uplink: a retransmission.
+    pub retransmission: bool,
+}
+
+/// Why an uplink did not verify against a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    /// No session's MIC verified.
+    Mic,
+    /// The MIC verified with a counter at or below the last accepted one.
+    Replay,
+    /// The counter jumped further than MAX_FCNT_GAP (1.0.x).
+    Gap,
+}
+
+impl Mismatch {
+    /// The drop reason label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Mismatch::Mic => "mic_mismatch",
+            Mismatch::Replay => "f_cnt_replay",
+            Mismatch::Gap => "f_cnt_gap",
+        }
+    }
+}
+
+/// What the MIC of a 1.1 uplink covers besides the frame.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TxParams {
+    /// Data rate index of the uplink.
+    pub dr: u8,
+    /// Channel index of the uplink.
+    pub ch: u8,
+}
+
+impl Device {
+    /// A device from its stored record; fails when the record's keys cannot be opened.
+    pub fn load(record: NsDeviceRecord, version: u64, vault: &KeyVault) -> Result<Self, String> {
+        let state = NsState::decode(record.state.as_slice())
+            .map_err(|e| format!("state: does not decode: {e}"))?;
+        let v1_1 = record
+            .device
+            .as_ref()
+            .is_some_and(|d| d.lorawan_version == v3::MacVersion::MacV11 as i32);
+        let current = match record.device.as_ref().and_then(|d| d.session.as_ref()) {
+            Some(s) => Some(vault.session(s, v1_1)?),
+            None => None,
+        };
+        let pending = match record.pending_session.as_ref() {
+            Some(s) => Some(vault.session(s, v1_1)?),
+            None => None,
+        };
+        Ok(Self {
+            record,
+            version,
+            state,
+            current,
+            pending,
+        })
+    }
+
+    /// `application_id/device_id`.
+    pub fn key(&self) -> String {
+        let ids = self.ids();
+        format!(
+            "{}/{}",
+            ids.application_ids
+                .as_ref()
+                .map(|a| a.application_id.as_str())
+                .unwrap_or(""),
+            ids.device_id
+        )
+    }
+
+    /// The device's identifiers.
+    pub fn ids(&self) -> v3::EndDeviceIdentifiers {
+        self.record
+            .device
+            .as_ref()
+            .and_then(|d| d.ids.clone())
+            .unwrap_or_default()
+    }
+
+    /// The DevAddrs the device answers to.
+    pub fn dev_addrs(&self) -> Vec<DevAddr> {
+        let mut out: Vec<DevAddr> = self.current.iter().map(|s| s.dev_addr).collect();
+        if let Some(p) = &self.pending
+            && !out.contains(&p.dev_addr)
+        {
+            out.push(p.dev_addr);
+        }
+        out
+    }
+
+    fn settings(&self) -> Option<&v3::MacSettings> {
+        self.record
+            .device
+            .as_ref()
+            .and_then(|d| d.mac_settings.as_ref())
+    }
+
+    /// True unless the MAC settings say the device has 16-bit counters only.
+    pub fn supports_32_bit_f_cnt(&self) -> bool {
+        self.settings()
+            .and_then(|s| s.supports_32_bit_f_cnt)
+            .unwrap_or(true)
+    }
+
+    /// True when the MAC settings say the device resets its counter (old ABP devices).
+    pub fn resets_f_cnt(&self) -> bool {
+        self.settings()
+            .and_then(|s| s.resets_f_cnt)
+            .unwrap_or(false)
+    }
+
+    /// The last accepted FCntUp of the current session.
+    pub fn last_f_cnt_up(&self) -> Option<u32> {
+        if !self.state.f_cnt_up_seen {
+            return None;
+        }
+        self.record
+            .device
+            .as_ref()
+            .and_then(|d| d.session.as_ref())
+            .map(|s| s.last_f_cnt_up)
+    }
+
+    /// Verifies a data uplink: the first session whose MIC matches wins (current first).
+    /// `mic_input` is the raw frame without its MIC.
+    pub fn verify(
+        &self,
+        phy: &PhyPayload,
+        mic_input: &[u8],
+        tx: TxParams,
+    ) -> Result<Verified, Mismatch> {
+        let Some(mp) = phy.mac_payload() else {
+            return Err(Mismatch::Mic);
+        };
+        let mic = phy.mic.unwrap_or_default();
+        let wire = mp.fhdr.f_cnt;
+        let dev_addr = mp.fhdr.dev_addr;
+        let conf = if mp.fhdr.f_ctrl.ack {
+            self.state.last_conf_f_cnt_down as u16
+        } else {
+            0
+        };
+        let check = |s: &SessionCtx, f_cnt: u32| -> bool {
+            let computed = if s.v1_1 {
+                crypto::uplink_mic_1_1(
+                    &s.f_nwk_s_int_key,
+                    &s.s_nwk_s_int_key,
+                    conf,
+                    tx.dr,
+                    tx.ch,
+                    dev_addr,
+                    f_cnt,
+                    mic_input,
+                )
+            } else {
+                crypto::uplink_mic_1_0(&s.f_nwk_s_int_key, dev_addr, f_cnt, mic_input)
+            };
+            crypto::mic_matches(&computed, &mic)
+        };
+        let mut outcome = Err(Mismatch::Mic);
+        if let Some(s) = self.current.as_ref().filter(|s| s.dev_addr == dev_addr) {
+            let last = self.last_f_cnt_up();
+            let full = if self.supports_32_bit_f_cnt() {
+                lorawan::reconstruct_f_cnt(last, wire)
+            } else {
+                u32::from(wire)
+            };
+            let exhausted = last.is_some_and(|l| full < l);
+            if !exhausted && check(s, full) {
+                let retransmission = last == Some(full);
+                let gap = last.map_or(0, |l| full.wrapping_sub(l));
+                if !s.v1_1 && !retransmission && gap > band::MAX_FCNT_GAP {
+                    outcome = Err(Mismatch::Gap);
+                } else if self.supports_32_bit_f_cnt() || last.is_none_or(|l| full >= l) {
+                    return Ok(Verified {
+                        which: Which::Current,
+                        f_cnt: full,
+                        retransmission,
+                    });
+                } else {
+                    outcome = Err(Mismatch::Replay);
+                }
+            } else if let Some(l) = last {
+                // Tell a replay (a counter at or below the last one) from a MIC failure.
+                let same_round = (l & 0xFFFF_0000) | u32::from(wire);
+                let reset = u32::from(wire);
+                if self.resets_f_cnt() && check(s, reset) {
+                    // The device restarted its counter: accept from the new value.
+                    return Ok(Verified {
+                        which: Which::Current,
+                        f_cnt: reset,
+                        retransmission: false,
+                    });
+                }
+                if (same_round < l && check(s, same_round)) || (full < l && check(s, full)) {
+                    outcome = Err(Mismatch::Replay);
+                }
+            }
+        }
+        if let Some(s) = self.pending.as_ref().filter(|s| s.dev_addr == dev_addr) {
+            let f_cnt = u32::from(wire);
+            if check(s, f_cnt) {
+                return Ok(Verified {
+                    which: Which::Pending,
+                    f_cnt,
+                    retransmission: false,
+                });
+            }
+        }
+        outcome
+    }
+
+    /// The clear FOpts of an uplink (1.1: decrypted with the NwkSEncKey).
+    pub fn uplink_f_opts(&self, s: &SessionCtx, phy: &PhyPayload, f_cnt: u32) -> Vec<u8> {
+        let Some(mp) = phy.mac_payload() else {
+            return Vec::new();
+        };
+        let mut f_opts = mp.fhdr.f_opts.as_slice().to_vec();
+        if s.v1_1 && !f_opts.is_empty() {
+            let _ = crypto::encrypt_f_opts(
+                &s.nwk_s_enc_key,
+                Direction::Uplink,
+                s.dev_addr,
+                f_cnt,
+                &mut f_opts,
+                FOptsCounterVariant::Original,
+            );
+        }
+        f_opts
+    }
+
+    /// The clear MAC commands of an FPort 0 payload.
+    pub fn uplink_port0(&self, s: &SessionCtx, phy: &PhyPayload, f_cnt: u32) -> Vec<u8> {
+        let Some(mp) = phy.mac_payload() else {
+            return Vec::new();
+        };
+        let mut payload = mp.frm_payload.clone();
+        crypto::decrypt_frm_payload(
+            &s.nwk_s_enc_key,
+            Direction::Uplink,
+            s.dev_addr,
+            f_cnt,
+            &mut payload,
+        );
+        payload
+    }
+}
+
+/// A device behind its lock: one writer at a time, across the awaits of the pipeline.
+pub type Slot = Arc<tokio::sync::Mutex<Device>>;
+
+type AddrShard = RwLock<HashMap<DevAddr, Vec<(String, Slot)>>>;
+
+/// The device table.
+pub struct Devices {
+    hasher: RandomState,
+    by_addr: Box<[AddrShard]>,
+    by_key: Box<[RwLock<HashMap<String, Slot>>]>,
+}
+
+impl Default for Devices {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Devices {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self {
+            hasher: RandomState::new(),
+            by_addr: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            by_key: (0..SHARDS).map(|_| RwLock::default()).collect(),
+        }
+    }
+
+    fn addr_shard(&self, a: DevAddr) -> &AddrShard {
+        // The low bits of a DevAddr are its NwkAddr: evenly spread.
+        &self.by_addr[a.to_u32() as usize % SHARDS]
+    }
+
+    fn key_shard(&self, key: &str) -> &RwLock<HashMap<String, Slot>> {
+        &self.by_key[self.hasher.hash_one(key) as usize % SHARDS]
+    }
+
+    /// The devices with a session on `addr`.
+    pub fn by_dev_addr(&self, addr: DevAddr) -> Vec<Slot> {
+        self.addr_shard(addr)
+            .read()
+            .expect("device index lock")
+            .get(&addr)
+            .map(|v| v.iter().map(|(_, s)| s.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The device with this `application_id/device_id`.
+    pub fn get(&self, key: &str) -> Option<Slot> {
+        self.key_shard(key)
+            .read()
+            .expect("device index lock")
+            .get(key)
+            .cloned()
+    }
+
+    /// Adds a device (or returns the slot already there).
+    pub fn insert(&self, device: Device) -> Slot {
+        let key = device.key();
+        let addrs = device.dev_addrs();
+        let slot = {
+            let mut shard = self.key_shard(&key).write().expect("device index lock");
+            if let Some(s) = shard.get(&key) {
+                return s.clone();
+            }
+            let slot: Slot = Arc::new(tokio::sync::Mutex::new(device));
+            shard.insert(key.clone(), slot.clone());
+            slot
+        };
+        self.reindex(&key, &[], &addrs, &slot);
+        slot
+    }
+
+    /// Moves a device's DevAddr entries from `old` to `new`.
+    pub fn reindex(&self, key: &str, old: &[DevAddr], new: &[DevAddr], slot: &Slot) {
+        for a in old.iter().filter(|a| !new.contains(a)) {
+            let mut shard = self.addr_shard(*a).write().expect("device index lock");
+            if let Some(v) = shard.get_mut(a) {
+                v.retain(|(k, _)| k != key);
+                if v.is_empty() {
+                    shard.remove(a);
+                }
+            }
+        }
+        for a in new.iter().filter(|a| !old.contains(a)) {
+            let mut shard = self.addr_shard(*a).write().expect("device index lock");
+            let v = shard.entry(*a).or_default();
+            if !v.iter().any(|(k, _)| k == key) {
+                v.push((key.to_owned(), slot.clone()));
+            }
+        }
+    }
+
+    /// Forgets a device.
+    pub fn remove(&self, key: &str, addrs: &[DevAddr]) {
+        let slot = self
+            .key_shard(key)
+            .write()
+            .expect("device index lock")
+            .remove(key);
+        if let Some(slot) = slot {
+            self.reindex(key, addrs, &[], &slot);
+        }
+    }
+
+    /// Number of devices.
+    pub fn len(&self) -> usize {
+        self.by_key
+            .iter()
+            .map(|s| s.read().expect("device index lock").len())
+            .sum()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The MType of a data uplink, if it is one.
+pub fn is_data_up(m: MType) -> bool {
+    matches!(m, MType::UnconfirmedDataUp | MType::ConfirmedDataUp)
+}

@@ -1,0 +1,1813 @@
+//! The Network Server's core: the uplink pipeline (dedup, session match, FCnt, durability,
+//! forwarding), joins, and class A/C downlinks.
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Instant, SystemTime};
+
+use band::FrequencyPlan;
+use lorawan::crypto::{self, FOptsCounterVariant};
+use lorawan::phy::{FCtrl, FOpts, Fhdr, MacPayload, Mhdr, Payload};
+use lorawan::{DevAddr, Direction, MType, MacCommand, PhyPayload};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use prost::Message;
+use tern_api::{Timestamp, v3};
+use tern_cluster::links::{LinkResult, NsGs, NsJs};
+use tern_events::{Event, EventBus, definitions as defs};
+use tern_store::{
+    DownlinkQueueStore, Expect, NsDeviceRecord, NsDeviceStore, QueueOwner, Store, StoreError,
+};
+use tonic::Status;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::config::{DevAddrPrefix, NsConfig};
+use crate::dedup::{Admit, Dedup};
+use crate::devices::{Device, Devices, KeyVault, Mismatch, NsState, Slot, TxParams, Which};
+use crate::link::{LinkHub, QueueHandler};
+use crate::mac::{MacLayer, UplinkInfo};
+
+type Labels = [(&'static str, &'static str); 1];
+
+/// The NS's pipeline metrics, registered under `tern_ns_`.
+#[derive(Clone, Default)]
+pub(crate) struct Metrics {
+    pub received: Counter,
+    pub dropped: Family<Labels, Counter>,
+    pub forwarded: Counter,
+    pub retransmissions: Counter,
+    pub joins: Family<Labels, Counter>,
+    pub downlinks: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "uplinks_received",
+            "Uplink frame copies received from Gateway Servers",
+            self.received.clone(),
+        );
+        r.register(
+            "uplinks_dropped",
+            "Uplinks dropped, by reason",
+            self.dropped.clone(),
+        );
+        r.register(
+            "uplinks_forwarded",
+            "Data uplinks forwarded to Application Servers",
+            self.forwarded.clone(),
+        );
+        r.register(
+            "uplinks_retransmitted",
+            "Retransmissions of the last accepted uplink (answered, not delivered again)",
+            self.retransmissions.clone(),
+        );
+        r.register("joins", "Join-requests, by outcome", self.joins.clone());
+        r.register("downlinks", "Downlinks, by outcome", self.downlinks.clone());
+    }
+}
+
+/// A downlink handed to a GS, waiting for its TX acknowledgment.
+struct PendingTx {
+    application_id: String,
+    app: Option<v3::ApplicationDownlink>,
+    message: v3::DownlinkMessage,
+    rx_window: u32,
+}
+
+/// The core, shared by the role, its link ends and its tasks.
+pub(crate) struct Core {
+    pub config: NsConfig,
+    pub store: Store,
+    pub events: EventBus,
+    pub js: Arc<dyn NsJs>,
+    pub gs: OnceLock<Arc<dyn NsGs>>,
+    pub links: LinkHub,
+    pub devices: Devices,
+    pub dedup: Dedup,
+    pub vault: KeyVault,
+    pub metrics: Metrics,
+    pub mac: MacLayer,
+    pending_tx: Mutex<HashMap<String, PendingTx>>,
+    /// Woken whenever a downlink is added to `pending_tx`.
+    tx_tracked: tokio::sync::Notify,
+    prefixes: Vec<DevAddrPrefix>,
+    random: RandomState,
+    counter: AtomicU64,
+    pub instance_id: String,
+}
+
+/// Everything an uplink carries besides its frame.
+struct UplinkCtx {
+    msg: v3::UplinkMessage,
+    frequency: u32,
+    received_at: SystemTime,
+}
+
+fn error(code: tonic::Code, name: &str, message: impl Into<String>) -> v3::ErrorDetails {
+    v3::ErrorDetails {
+        code: code as u32,
+        name: name.to_owned(),
+        message: message.into(),
+        ..Default::default()
+    }
+}
+
+fn app_id(ids: &v3::EndDeviceIdentifiers) -> String {
+    ids.application_ids
+        .as_ref()
+        .map(|a| a.application_id.clone())
+        .unwrap_or_default()
+}
+
+/// The device's frequency plan, or the NS default.
+pub(crate) fn plan_of(device: &v3::EndDevice, config: &NsConfig) -> &'static FrequencyPlan {
+    FrequencyPlan::by_id(&device.frequency_plan_id)
+        .or_else(|| FrequencyPlan::by_id(&config.default_frequency_plan))
+        .unwrap_or_else(|| FrequencyPlan::all()[0])
+}
+
+/// Uplink data rate index from the rx settings.
+fn uplink_dr(plan: &FrequencyPlan, settings: Option<&v3::TxSettings>) -> Option<u8> {
+    let s = settings?;
+    if let Some(i) = s.data_rate_index {
+        return u8::try_from(i).ok();
+    }
+    let dr = band::DataRate::try_from(s.data_rate.as_ref()?).ok()?;
+    plan.params().dr_index_for(&dr, band::Direction::Uplink)
+}
+
+/// Uplink channel index (for the 1.1 MIC's TxCh): fixed regions by frequency, dynamic
+/// regions by position in the plan.
+fn uplink_channel(plan: &FrequencyPlan, frequency: u32) -> u8 {
+    plan.params()
+        .uplink_channel_index(frequency)
+        .or_else(|| {
+            plan.uplink_channels
+                .iter()
+                .position(|c| c.frequency == frequency)
+                .map(|i| i as u8)
+        })
+        .unwrap_or(0)
+}
+
+/// Rx metadata ordered best first (SNR, then RSSI).
+fn best_first(md: &[v3::RxMetadata]) -> Vec<v3::RxMetadata> {
+    let mut v = md.to_vec();
+    v.sort_by(|a, b| {
+        b.snr
+            .partial_cmp(&a.snr)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(
+                b.rssi
+                    .partial_cmp(&a.rssi)
+                    .unwrap_or(std::cmp::Ordering::Equal),
+            )
+    });
+    v
+}
+
+/// The next counter the Application Server may use on air for the device (1.0.x shares it
+/// with the network counter).
+fn air_next_a(state: &NsState, v1_1: bool) -> u32 {
+    if v1_1 {
+        state.next_a_f_cnt_down_air
+    } else {
+        state.next_n_f_cnt_down
+    }
+}
+
+impl Core {
+    pub fn new(
+        config: NsConfig,
+        store: Store,
+        events: EventBus,
+        js: Arc<dyn NsJs>,
+        links: LinkHub,
+        instance_id: String,
+    ) -> Self {
+        let vault = KeyVault::new(config.keks().unwrap_or_default());
+        let prefixes = config.prefixes();
+        let mac = MacLayer::new(&config);
+        Self {
+            config,
+            store,
+            events,
+            js,
+            gs: OnceLock::new(),
+            links,
+            devices: Devices::new(),
+            dedup: Dedup::new(),
+            vault,
+            metrics: Metrics::default(),
+            mac,
+            pending_tx: Mutex::default(),
+            tx_tracked: tokio::sync::Notify::new(),
+            prefixes,
+            random: RandomState::new(),
+            counter: AtomicU64::new(0),
+            instance_id,
+        }
+    }
+
+    pub fn register_metrics(&self, r: &mut Registry) {
+        self.metrics.register(r);
+    }
+
+    /// Loads every stored device into the in-memory table.
+    pub async fn load(&self) -> Result<usize, StoreError> {
+        let table = &tern_store::tables::NS_DEVICES;
+        let mut after: Option<String> = None;
+        let mut n = 0;
+        loop {
+            let page = self.store.scan(table, "", after.as_deref(), 1000).await?;
+            for r in &page.items {
+                match NsDeviceRecord::decode(r.value.as_slice())
+                    .map_err(|e| e.to_string())
+                    .and_then(|rec| Device::load(rec, r.version, &self.vault))
+                {
+                    Ok(d) => {
+                        self.devices.insert(d);
+                        n += 1;
+                    }
+                    Err(e) => warn!(key = %r.key, error = %e, "NS device not loaded"),
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(n),
+            }
+        }
+    }
+
+    fn random_u32(&self) -> u32 {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        self.random.hash_one((n, nanos)) as u32
+    }
+
+    fn drop_uplink(
+        &self,
+        reason: &'static str,
+        message: impl Into<String>,
+        ids: Option<&v3::EndDeviceIdentifiers>,
+        correlation_ids: &[String],
+    ) {
+        let message = message.into();
+        self.metrics
+            .dropped
+            .get_or_create(&[("reason", reason)])
+            .inc();
+        debug!(reason, %message, "uplink dropped");
+        let details = error(tonic::Code::InvalidArgument, reason, message);
+        let event = Event::new(&defs::NS_UP_DATA_DROP)
+            .with_data(&details)
+            .with_correlation_ids(correlation_ids.iter().cloned())
+            .with_identifiers(ids);
+        self.events.publish(event);
+    }
+
+    // ---- uplinks ----
+
+    /// Takes one copy of a frame from a GS.
+    pub fn handle_uplink(self: &Arc<Self>, uplink: v3::UplinkMessage) -> LinkResult<()> {
+        self.metrics.received.inc();
+        if uplink.raw_payload.is_empty() {
+            self.drop_uplink(
+                "invalid_payload",
+                "raw_payload is empty",
+                None,
+                &uplink.correlation_ids,
+            );
+            return Err(Status::invalid_argument("raw_payload: empty"));
+        }
+        let raw = uplink.raw_payload.clone();
+        match self.dedup.admit(uplink) {
+            Admit::Merged => Ok(()),
+            Admit::Late => {
+                self.drop_uplink(
+                    "duplicate",
+                    "a copy arrived after the frame was processed",
+                    None,
+                    &[],
+                );
+                Ok(())
+            }
+            Admit::Opened => {
+                let core = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(core.config.dedup_window).await;
+                    let until = Instant::now() + core.config.cooldown;
+                    if let Some(merged) = core.dedup.close(&raw, until) {
+                        core.process(merged).await;
+                    }
+                    tokio::time::sleep(core.config.cooldown).await;
+                    core.dedup.expire(&raw);
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Processes one deduplicated uplink.
+    pub async fn process(self: &Arc<Self>, msg: v3::UplinkMessage) {
+        let phy = match PhyPayload::decode(&msg.raw_payload) {
+            Ok(p) => p,
+            Err(e) => {
+                self.drop_uplink(
+                    "invalid_payload",
+                    format!("raw_payload: {e}"),
+                    None,
+                    &msg.correlation_ids,
+                );
+                return;
+            }
+        };
+        let frequency = msg.settings.as_ref().map_or(0, |s| s.frequency as u32);
+        let received_at = msg
+            .received_at
+            .and_then(|t| t.to_datetime())
+            .map_or_else(SystemTime::now, SystemTime::from);
+        let ctx = UplinkCtx {
+            msg,
+            frequency,
+            received_at,
+        };
+        match phy.m_type() {
+            MType::JoinRequest => {
+                let span = info_span!("ns.join", m_type = "join_request");
+                self.handle_join(ctx, phy).instrument(span).await
+            }
+            MType::UnconfirmedDataUp | MType::ConfirmedDataUp => {
+                let span = info_span!(
+                    "ns.uplink",
+                    dev_addr = %phy.dev_addr().unwrap_or_default(),
+                    f_cnt = phy.f_cnt().unwrap_or_default()
+                );
+                self.handle_data(ctx, phy).instrument(span).await
+            }
+            m => self.drop_uplink(
+                "unsupported_m_type",
+                format!("message type {m} is not handled by the Network Server"),
+                None,
+                &ctx.msg.correlation_ids,
+            ),
+        }
+    }
+
+    async fn handle_data(self: &Arc<Self>, ctx: UplinkCtx, phy: PhyPayload) {
+        let cids = ctx.msg.correlation_ids.clone();
+        let Some(dev_addr) = phy.dev_addr() else {
+            return;
+        };
+        let candidates = self.devices.by_dev_addr(dev_addr);
+        if candidates.is_empty() {
+            self.drop_uplink(
+                "unknown_dev_addr",
+                format!("no session has DevAddr {dev_addr}"),
+                None,
+                &cids,
+            );
+            return;
+        }
+        let mic_input = PhyPayload::mic_input(&ctx.msg.raw_payload);
+        let mut worst: Option<(Mismatch, v3::EndDeviceIdentifiers)> = None;
+        for slot in candidates {
+            let mut dev = slot.lock().await;
+            let Some(device) = dev.record.device.clone() else {
+                continue;
+            };
+            let plan = plan_of(&device, &self.config);
+            let tx = TxParams {
+                dr: uplink_dr(plan, ctx.msg.settings.as_ref()).unwrap_or(0),
+                ch: uplink_channel(plan, ctx.frequency),
+            };
+            match dev.verify(&phy, mic_input, tx) {
+                Ok(v) => {
+                    self.accept_data(&slot, &mut dev, &ctx, &phy, v, tx.dr, plan)
+                        .await;
+                    return;
+                }
+                Err(m) => {
+                    let rank = |m: &Mismatch| match m {
+                        Mismatch::Mic => 0,
+                        Mismatch::Gap => 1,
+                        Mismatch::Replay => 2,
+                    };
+                    if worst.as_ref().is_none_or(|(w, _)| rank(&m) > rank(w)) {
+                        worst = Some((m, dev.ids()));
+                    }
+                }
+            }
+        }
+        if let Some((m, ids)) = worst {
+            let message = match m {
+                Mismatch::Mic => format!("no session of DevAddr {dev_addr} verifies the MIC"),
+                Mismatch::Replay => format!(
+                    "FCnt {} is at or below the last accepted frame counter",
+                    phy.f_cnt().unwrap_or_default()
+                ),
+                Mismatch::Gap => format!(
+                    "FCnt {} is more than MAX_FCNT_GAP ({}) ahead",
+                    phy.f_cnt().unwrap_or_default(),
+                    band::MAX_FCNT_GAP
+                ),
+            };
+            let ids = (m != Mismatch::Mic).then_some(ids);
+            self.drop_uplink(m.reason(), message, ids.as_ref(), &cids);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn accept_data(
+        self: &Arc<Self>,
+        slot: &Slot,
+        dev: &mut Device,
+        ctx: &UplinkCtx,
+        phy: &PhyPayload,
+        v: crate::devices::Verified,
+        dr: u8,
+        plan: &'static FrequencyPlan,
+    ) {
+        let ids = dev.ids();
+        let app = app_id(&ids);
+        let cids = &ctx.msg.correlation_ids;
+        let Some(mp) = phy.mac_payload() else {
+            return;
+        };
+        let confirmed = phy.m_type() == MType::ConfirmedDataUp;
+        // Frame size against the region's limit at this data rate.
+        if let Some(max) = plan
+            .params()
+            .max_payload_size(dr, plan.uplink_dwell_time, false)
+            && mp.encoded_len() > usize::from(max.m)
+        {
+            self.drop_uplink(
+                "too_big",
+                format!(
+                    "MACPayload of {} bytes exceeds {} bytes at DR{dr}",
+                    mp.encoded_len(),
+                    max.m
+                ),
+                Some(&ids),
+                cids,
+            );
+            return;
+        }
+        if v.retransmission {
+            self.metrics.retransmissions.inc();
+            debug!(
+                f_cnt = v.f_cnt,
+                "retransmission: answered, not delivered again"
+            );
+            if confirmed {
+                self.class_a_downlink(slot, dev, ctx, phy, v.f_cnt, dr, plan, true, false)
+                    .await;
+            }
+            return;
+        }
+        let session = match v.which {
+            Which::Current => dev.current.clone(),
+            Which::Pending => dev.pending.clone(),
+        };
+        let Some(session) = session else {
+            return;
+        };
+        // MAC commands: FOpts, or the FRMPayload of FPort 0.
+        let mac_bytes = if mp.f_port == Some(0) {
+            dev.uplink_port0(&session, phy, v.f_cnt)
+        } else {
+            dev.uplink_f_opts(&session, phy, v.f_cnt)
+        };
+        let commands = MacCommand::decode_all(Direction::Uplink, &mac_bytes).unwrap_or_else(|e| {
+            warn!(error = %e, "uplink MAC commands do not decode; ignored");
+            Vec::new()
+        });
+        let old_addrs = dev.dev_addrs();
+        let mut next = dev.clone();
+        let mut invalidated = Vec::new();
+        if v.which == Which::Pending {
+            if session.v1_1
+                && !commands
+                    .iter()
+                    .any(|c| matches!(c, MacCommand::RekeyInd(_)))
+            {
+                self.drop_uplink(
+                    "rekey_ind_missing",
+                    "the first uplink of a LoRaWAN 1.1 session must carry RekeyInd",
+                    Some(&ids),
+                    cids,
+                );
+                return;
+            }
+            // The pending session becomes current; the old session's queue is void.
+            let Some(device) = next.record.device.as_mut() else {
+                return;
+            };
+            device.session = next.record.pending_session.take();
+            next.current = next.pending.take();
+            next.state = NsState {
+                mac: std::mem::take(&mut next.state.pending_mac),
+                ..NsState::default()
+            };
+            invalidated = self
+                .store
+                .list_downlinks(QueueOwner::NetworkServer, &ids_app(&ids), &ids.device_id)
+                .await
+                .unwrap_or_default();
+        }
+        let Some(device) = next.record.device.as_mut() else {
+            return;
+        };
+        if let Some(s) = device.session.as_mut() {
+            s.last_f_cnt_up = v.f_cnt;
+        }
+        device.last_seen_at = Some(ctx.received_at.into());
+        next.state.f_cnt_up_seen = true;
+        let md = best_first(&ctx.msg.rx_metadata);
+        next.state.last_uplink_tokens = md.iter().map(|m| m.uplink_token.clone()).collect();
+        next.state.last_gateways = md.iter().filter_map(|m| m.gateway_ids.clone()).collect();
+        next.state.last_uplink_frequency = u64::from(ctx.frequency);
+        next.state.last_uplink_dr = u32::from(dr);
+        // A confirmed downlink is acknowledged by the ACK bit of the next uplink.
+        let mut ack_event = None;
+        if mp.fhdr.f_ctrl.ack
+            && let Some(c) = next.state.confirmed.take()
+        {
+            next.state.confirmed_phy.clear();
+            next.state.confirmed_attempts = 0;
+            ack_event = Some(c);
+        }
+        let info = UplinkInfo {
+            commands: &commands,
+            adr: mp.fhdr.f_ctrl.adr,
+            adr_ack_req: mp.fhdr.f_ctrl.adr_ack_req,
+            f_cnt: v.f_cnt,
+            dr,
+            frequency: ctx.frequency,
+            rx: &ctx.msg.rx_metadata,
+            received_at: ctx.received_at,
+        };
+        let mac_outcome = self
+            .mac
+            .handle_uplink(&mut next, plan, &info, &ids, cids, &self.events);
+        if !invalidated.is_empty() {
+            // Cleared in the store below, together with the device.
+            if let Err(e) = self
+                .store
+                .replace_downlinks(
+                    QueueOwner::NetworkServer,
+                    &ids_app(&ids),
+                    &ids.device_id,
+                    &[],
+                )
+                .await
+            {
+                warn!(error = %e, "cannot clear the queue of the previous session");
+            }
+        }
+        // Durability: the new FCnt is stored before the uplink goes anywhere.
+        next.record.state = next.state.encode_to_vec();
+        match self.store.record_uplink(&next.record, dev.version).await {
+            Ok(version) => next.version = version,
+            Err(e) => {
+                self.drop_uplink(
+                    "store_error",
+                    format!("cannot record the uplink: {e}"),
+                    Some(&ids),
+                    cids,
+                );
+                return;
+            }
+        }
+        *dev = next;
+        let new_addrs = dev.dev_addrs();
+        if new_addrs != old_addrs {
+            self.devices
+                .reindex(&dev.key(), &old_addrs, &new_addrs, slot);
+        }
+        self.events.publish(
+            Event::new(&defs::NS_UP_DATA_RECEIVE)
+                .with_identifiers([&ids])
+                .with_correlation_ids(cids.iter().cloned())
+                .with_data(&ctx.msg),
+        );
+        if !invalidated.is_empty() {
+            self.invalidate(&ids, invalidated, 0, session.session_key_id.clone())
+                .await;
+        }
+        if let Some(c) = ack_event {
+            self.deliver(&ids, cids, v3::application_up::Up::DownlinkAck(c))
+                .await;
+        }
+        if let Some(f_port) = mp.f_port.filter(|p| *p > 0) {
+            let settings = ctx.msg.settings.clone().map(|mut s| {
+                s.data_rate_index = Some(u32::from(dr));
+                s
+            });
+            let airtime = plan
+                .params()
+                .data_rate(dr)
+                .and_then(|d| {
+                    band::toa::time_on_air(&d, ctx.msg.raw_payload.len(), band::Direction::Uplink)
+                        .ok()
+                })
+                .map(|d| pbjson_types::Duration {
+                    seconds: d.as_secs() as i64,
+                    nanos: d.subsec_nanos() as i32,
+                });
+            let up = v3::ApplicationUplink {
+                session_key_id: session.session_key_id.clone(),
+                f_port: u32::from(f_port),
+                f_cnt: v.f_cnt,
+                frm_payload: mp.frm_payload.clone(),
+                rx_metadata: ctx.msg.rx_metadata.clone(),
+                settings,
+                received_at: Some(ctx.received_at.into()),
+                confirmed,
+                consumed_airtime: airtime,
+                ..Default::default()
+            };
+            self.metrics.forwarded.inc();
+            let forward = v3::ApplicationUp {
+                end_device_ids: Some(ids.clone()),
+                correlation_ids: cids.clone(),
+                received_at: Some(Timestamp::now()),
+                up: Some(v3::application_up::Up::UplinkMessage(up)),
+            };
+            self.events.publish(
+                Event::new(&defs::NS_UP_DATA_FORWARD)
+                    .with_identifiers([&ids])
+                    .with_correlation_ids(cids.iter().cloned())
+                    .with_data(&forward),
+            );
+            self.links.deliver(&app, forward).await;
+        }
+        let required = confirmed || mac_outcome || mp.fhdr.f_ctrl.adr_ack_req;
+        self.class_a_downlink(slot, dev, ctx, phy, v.f_cnt, dr, plan, confirmed, required)
+            .await;
+    }
+
+    async fn deliver(
+        &self,
+        ids: &v3::EndDeviceIdentifiers,
+        cids: &[String],
+        up: v3::application_up::Up,
+    ) {
+        let msg = v3::ApplicationUp {
+            end_device_ids: Some(ids.clone()),
+            correlation_ids: cids.to_vec(),
+            received_at: Some(Timestamp::now()),
+            up: Some(up),
+        };
+        self.links.deliver(&app_id(ids), msg).await;
+    }
+
+    async fn invalidate(
+        &self,
+        ids: &v3::EndDeviceIdentifiers,
+        downlinks: Vec<v3::ApplicationDownlink>,
+        next_a_f_cnt_down: u32,
+        session_key_id: Vec<u8>,
+    ) {
+        self.deliver(
+            ids,
+            &[],
+            v3::application_up::Up::DownlinkQueueInvalidated(v3::ApplicationInvalidatedDownlinks {
+                downlinks,
+                next_a_f_cnt_down,
+                session_key_id,
+            }),
+        )
+        .await;
+    }
+
+    // ---- downlinks ----
+
+    /// Decides and schedules the downlink in the receive windows of an uplink: MAC, ACK,
+    /// application data, or a confirmed downlink's retry.
+    #[allow(clippy::too_many_arguments)]
+    async fn class_a_downlink(
+        self: &Arc<Self>,
+        slot: &Slot,
+        dev: &mut Device,
+        ctx: &UplinkCtx,
+        phy: &PhyPayload,
+        up_f_cnt: u32,
+        dr: u8,
+        plan: &'static FrequencyPlan,
+        ack: bool,
+        required: bool,
+    ) {
+        let _ = slot;
+        let Some(device) = dev.record.device.clone() else {
+            return;
+        };
+        let params = plan.params();
+        let (rx1_delay, rx1_offset, rx2_freq, rx2_dr) = self.mac.rx_params(dev, plan, &self.config);
+        let rx1_dr = params
+            .rx1_data_rate(dr, rx1_offset, plan.downlink_dwell_time)
+            .unwrap_or(dr);
+        let rx1_freq = params.rx1_frequency(ctx.frequency).unwrap_or(ctx.frequency);
+        let max_m = [rx1_dr, rx2_dr]
+            .iter()
+            .filter_map(|d| params.max_payload_size(*d, plan.downlink_dwell_time, false))
+            .map(|p| usize::from(p.m))
+            .min()
+            .unwrap_or(51);
+        let request = v3::TxRequest {
+            class: v3::DeviceClass::ClassA as i32,
+            downlink_paths: best_first(&ctx.msg.rx_metadata)
+                .into_iter()
+                .filter(|m| !m.uplink_token.is_empty())
+                .map(|m| v3::DownlinkPath {
+                    path: Some(v3::downlink_path::Path::UplinkToken(m.uplink_token)),
+                })
+                .collect(),
+            rx1_delay: u32::from(rx1_delay),
+            rx1_data_rate: params.data_rate(rx1_dr).map(Into::into),
+            rx1_frequency: u64::from(rx1_freq),
+            rx2_data_rate: params.data_rate(rx2_dr).map(Into::into),
+            rx2_frequency: u64::from(rx2_freq),
+            priority: v3::TxSchedulePriority::Normal as i32,
+            frequency_plan_id: plan.id.to_owned(),
+            ..Default::default()
+        };
+        let _ = device;
+        let conf_f_cnt = if ack { up_f_cnt as u16 } else { 0 };
+        let _ = phy;
+        self.build_and_schedule(
+            dev,
+            request,
+            max_m,
+            ack,
+            conf_f_cnt,
+            required,
+            &ctx.msg.correlation_ids,
+        )
+        .await;
+    }
+
+    /// Builds the next downlink of a device for one transmission opportunity and schedules
+    /// it; commits counters, queue and MAC state only when a GS took it.
+    #[allow(clippy::too_many_arguments)]
+    async fn build_and_schedule(
+        self: &Arc<Self>,
+        dev: &mut Device,
+        mut request: v3::TxRequest,
+        max_m: usize,
+        ack: bool,
+        conf_f_cnt: u16,
+        required: bool,
+        cids: &[String],
+    ) -> bool {
+        let ids = dev.ids();
+        let app = app_id(&ids);
+        let Some(session) = dev.current.clone() else {
+            return false;
+        };
+        let Some(device) = dev.record.device.as_ref() else {
+            return false;
+        };
+        let plan = plan_of(device, &self.config);
+        let max_retries = dev
+            .record
+            .device
+            .as_ref()
+            .and_then(|d| d.mac_settings.as_ref())
+            .and_then(|s| s.max_confirmed_downlink_retries)
+            .unwrap_or(self.config.max_downlink_retries);
+        let mut next = dev.clone();
+        // A confirmed downlink without ACK: retransmit it (same counter), or give up.
+        let mut nack = None;
+        if let Some(c) = next.state.confirmed.clone() {
+            if next.state.confirmed_attempts <= max_retries && !next.state.confirmed_phy.is_empty()
+            {
+                next.state.confirmed_attempts += 1;
+                let raw = next.state.confirmed_phy.clone();
+                request.priority = v3::TxSchedulePriority::High as i32;
+                return self
+                    .schedule(dev, next, raw, request, Some(c), &app, cids, "retry")
+                    .await;
+            }
+            next.state.confirmed = None;
+            next.state.confirmed_phy.clear();
+            next.state.confirmed_attempts = 0;
+            nack = Some(c);
+        }
+        if let Some(c) = nack {
+            self.deliver(&ids, cids, v3::application_up::Up::DownlinkNack(c))
+                .await;
+        }
+        let queue = self
+            .store
+            .list_downlinks(QueueOwner::NetworkServer, &app, &ids.device_id)
+            .await
+            .unwrap_or_default();
+        let air_next = air_next_a(&next.state, session.v1_1);
+        // Items encrypted with a counter already used can never be sent: back to the AS.
+        if queue.first().is_some_and(|d| d.f_cnt < air_next) {
+            let _ = self
+                .store
+                .replace_downlinks(QueueOwner::NetworkServer, &app, &ids.device_id, &[])
+                .await;
+            next.state.next_a_f_cnt_down = air_next;
+            self.invalidate(&ids, queue, air_next, session.session_key_id.clone())
+                .await;
+            return self
+                .mac_only(
+                    dev,
+                    next,
+                    request,
+                    max_m,
+                    ack,
+                    conf_f_cnt,
+                    required,
+                    &[],
+                    &app,
+                    cids,
+                )
+                .await;
+        }
+        let head = queue.first().cloned();
+        let mac_budget_fopts = 15usize;
+        if let Some(item) = head.clone() {
+            let base = 8 + item.frm_payload.len();
+            if base <= max_m {
+                let budget = mac_budget_fopts.min(max_m - base);
+                let mac_cmds = self.mac.next_commands(&mut next, plan, budget);
+                let mut f_opts = Vec::new();
+                let _ = MacCommand::encode_all(&mac_cmds, &mut f_opts);
+                let f_cnt = item.f_cnt;
+                let m_type = if item.confirmed {
+                    MType::ConfirmedDataDown
+                } else {
+                    MType::UnconfirmedDataDown
+                };
+                let f_pending = queue.len() > 1;
+                let Some(raw) = encode_downlink(
+                    &session,
+                    m_type,
+                    FCtrl {
+                        adr: true,
+                        ack,
+                        f_pending,
+                        ..Default::default()
+                    },
+                    f_cnt,
+                    f_opts,
+                    Some(item.f_port as u8),
+                    item.frm_payload.clone(),
+                    conf_f_cnt,
+                ) else {
+                    return false;
+                };
+                if session.v1_1 {
+                    next.state.next_a_f_cnt_down_air = f_cnt + 1;
+                } else {
+                    next.state.next_n_f_cnt_down = f_cnt + 1;
+                }
+                next.state.next_a_f_cnt_down = next.state.next_a_f_cnt_down.max(f_cnt + 1);
+                if item.confirmed {
+                    next.state.confirmed = Some(item.clone());
+                    next.state.confirmed_phy = raw.clone();
+                    next.state.confirmed_attempts = 1;
+                    next.state.last_conf_f_cnt_down = f_cnt;
+                }
+                let priority = v3::TxSchedulePriority::try_from(item.priority)
+                    .ok()
+                    .filter(|p| *p != v3::TxSchedulePriority::Default)
+                    .unwrap_or(v3::TxSchedulePriority::Normal);
+                request.priority = priority as i32;
+                return self
+                    .schedule(dev, next, raw, request, Some(item), &app, cids, "data")
+                    .await;
+            }
+            debug!(
+                len = item.frm_payload.len(),
+                max_m, "queued downlink does not fit this window; kept for the next"
+            );
+        }
+        self.mac_only(
+            dev,
+            next,
+            request,
+            max_m,
+            ack,
+            conf_f_cnt,
+            required || head.is_some(),
+            &queue,
+            &app,
+            cids,
+        )
+        .await
+    }
+
+    /// A downlink without application data: MAC commands and/or ACK.
+    #[allow(clippy::too_many_arguments)]
+    async fn mac_only(
+        self: &Arc<Self>,
+        dev: &mut Device,
+        mut next: Device,
+        mut request: v3::TxRequest,
+        max_m: usize,
+        ack: bool,
+        conf_f_cnt: u16,
+        required: bool,
+        queue: &[v3::ApplicationDownlink],
+        app: &str,
+        cids: &[String],
+    ) -> bool {
+        let Some(session) = next.current.clone() else {
+            return false;
+        };
+        let Some(device) = next.record.device.as_ref() else {
+            return false;
+        };
+        let plan = plan_of(device, &self.config);
+        let budget = max_m.saturating_sub(8).min(242);
+        let cmds = self.mac.next_commands(&mut next, plan, budget);
+        if cmds.is_empty() && !ack && !required {
+            return false;
+        }
+        let mut mac = Vec::new();
+        let _ = MacCommand::encode_all(&cmds, &mut mac);
+        let f_cnt = next.state.next_n_f_cnt_down;
+        let (f_opts, f_port, frm) = if mac.len() <= 15 {
+            (mac, None, Vec::new())
+        } else {
+            let mut p = mac;
+            crypto::encrypt_frm_payload(
+                &session.nwk_s_enc_key,
+                Direction::Downlink,
+                session.dev_addr,
+                f_cnt,
+                &mut p,
+            );
+            (Vec::new(), Some(0), p)
+        };
+        let Some(raw) = encode_downlink(
+            &session,
+            MType::UnconfirmedDataDown,
+            FCtrl {
+                adr: true,
+                ack,
+                f_pending: !queue.is_empty(),
+                ..Default::default()
+            },
+            f_cnt,
+            f_opts,
+            f_port,
+            frm,
+            conf_f_cnt,
+        ) else {
+            return false;
+        };
+        next.state.next_n_f_cnt_down = f_cnt + 1;
+        request.priority = v3::TxSchedulePriority::Highest as i32;
+        let took_app_counter = !session.v1_1 && queue.first().is_some_and(|d| d.f_cnt <= f_cnt);
+        let scheduled = self
+            .schedule(dev, next, raw, request, None, app, cids, "mac")
+            .await;
+        if scheduled && took_app_counter {
+            // 1.0.x: the network took a counter the AS encrypted a queued item with.
+            let ids = dev.ids();
+            let _ = self
+                .store
+                .replace_downlinks(QueueOwner::NetworkServer, app, &ids.device_id, &[])
+                .await;
+            dev.state.next_a_f_cnt_down = dev.state.next_n_f_cnt_down;
+            self.persist(dev).await;
+            self.invalidate(
+                &ids,
+                queue.to_vec(),
+                dev.state.next_n_f_cnt_down,
+                session.session_key_id.clone(),
+            )
+            .await;
+        }
+        scheduled
+    }
+
+    async fn persist(&self, dev: &mut Device) {
+        dev.record.state = dev.state.encode_to_vec();
+        match self.store.record_uplink(&dev.record, dev.version).await {
+            Ok(v) => dev.version = v,
+            Err(e) => {
+                warn!(error = %e, device = %dev.key(), "cannot store the device after a downlink")
+            }
+        }
+    }
+
+    /// Hands a downlink to the GS; on success commits `next` (and pops an app item).
+    #[allow(clippy::too_many_arguments)]
+    async fn schedule(
+        self: &Arc<Self>,
+        dev: &mut Device,
+        mut next: Device,
+        raw: Vec<u8>,
+        request: v3::TxRequest,
+        app_item: Option<v3::ApplicationDownlink>,
+        app: &str,
+        cids: &[String],
+        kind: &'static str,
+    ) -> bool {
+        let ids = dev.ids();
+        let Some(gs) = self.gs.get() else {
+            self.metrics
+                .downlinks
+                .get_or_create(&[("outcome", "no_gateway_server")])
+                .inc();
+            warn!("no Gateway Server link is set: the downlink cannot be scheduled");
+            return false;
+        };
+        if request.downlink_paths.is_empty() {
+            self.metrics
+                .downlinks
+                .get_or_create(&[("outcome", "no_path")])
+                .inc();
+            return false;
+        }
+        // `<instance>/…`: a cluster routes the TX acknowledgment back to this instance.
+        let downlink_id = format!("{}/{:08x}", self.instance_id, self.random_u32());
+        let message = v3::DownlinkMessage {
+            raw_payload: raw,
+            correlation_ids: cids.to_vec(),
+            request: Some(request),
+            downlink_id: downlink_id.clone(),
+            end_device_ids: Some(ids.clone()),
+        };
+        match gs.schedule_downlink(message.clone()).await {
+            Ok(v3::ScheduleDownlinkResponse {
+                result: Some(v3::schedule_downlink_response::Result::Scheduled(s)),
+            }) => {
+                self.metrics
+                    .downlinks
+                    .get_or_create(&[("outcome", kind)])
+                    .inc();
+                self.events.publish(
+                    Event::new(&defs::NS_DOWN_DATA_SCHEDULE)
+                        .with_identifiers([&ids])
+                        .with_correlation_ids(cids.iter().cloned())
+                        .with_data(&message),
+                );
+                if kind == "data" {
+                    let _ = self
+                        .store
+                        .pop_downlink(QueueOwner::NetworkServer, app, &ids.device_id)
+                        .await;
+                }
+                let retry = kind == "retry";
+                next.record.state = next.state.encode_to_vec();
+                match self.store.record_uplink(&next.record, dev.version).await {
+                    Ok(v) => next.version = v,
+                    Err(e) => {
+                        warn!(error = %e, "cannot store the device after scheduling a downlink")
+                    }
+                }
+                *dev = next;
+                self.pending_tx.lock().expect("pending tx lock").insert(
+                    downlink_id,
+                    PendingTx {
+                        application_id: app.to_owned(),
+                        app: app_item.filter(|_| !retry),
+                        message,
+                        rx_window: s.rx_window,
+                    },
+                );
+                self.tx_tracked.notify_waiters();
+                true
+            }
+            Ok(v3::ScheduleDownlinkResponse {
+                result: Some(v3::schedule_downlink_response::Result::Failed(f)),
+            }) => {
+                self.metrics
+                    .downlinks
+                    .get_or_create(&[("outcome", "schedule_failed")])
+                    .inc();
+                self.events.publish(
+                    Event::new(&defs::NS_DOWN_DATA_SCHEDULE_FAIL)
+                        .with_identifiers([&ids])
+                        .with_correlation_ids(cids.iter().cloned())
+                        .with_data(&f),
+                );
+                false
+            }
+            Ok(_) | Err(_) => {
+                self.metrics
+                    .downlinks
+                    .get_or_create(&[("outcome", "schedule_error")])
+                    .inc();
+                false
+            }
+        }
+    }
+
+    /// The in-flight downlink `id`. A gateway can answer before the GS's answer to the
+    /// scheduling call is processed here, so an acknowledgment of one of this instance's
+    /// downlinks waits a moment for it to be tracked.
+    async fn take_pending(&self, id: &str) -> Option<PendingTx> {
+        let ours = id
+            .strip_prefix(self.instance_id.as_str())
+            .is_some_and(|rest| rest.starts_with('/') && !rest.starts_with("/join/"));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            // Registered before the check, so an insert between the two is not missed.
+            let tracked = self.tx_tracked.notified();
+            if let Some(p) = self.pending_tx.lock().expect("pending tx lock").remove(id) {
+                return Some(p);
+            }
+            if !ours || tokio::time::timeout_at(deadline, tracked).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// A TX acknowledgment from a GS.
+    pub async fn report_tx_ack(self: &Arc<Self>, ack: v3::TxAcknowledgment) -> LinkResult<()> {
+        let pending = self.take_pending(&ack.downlink_id).await;
+        let Some(p) = pending else {
+            // Join-accepts are not tracked: the device answers a lost one by joining again.
+            if ack.downlink_id.contains("/join/") {
+                let outcome = if ack.result == v3::tx_acknowledgment::Result::Success as i32 {
+                    "join_accept_sent"
+                } else {
+                    "join_accept_tx_failed"
+                };
+                self.metrics
+                    .downlinks
+                    .get_or_create(&[("outcome", outcome)])
+                    .inc();
+                return Ok(());
+            }
+            return Err(Status::not_found(format!(
+                "downlink_id: {:?} is not a downlink of this Network Server in flight",
+                ack.downlink_id
+            )));
+        };
+        let ids = p.message.end_device_ids.clone().unwrap_or_default();
+        if ack.result == v3::tx_acknowledgment::Result::Success as i32 {
+            if let Some(item) = p.app {
+                self.deliver(
+                    &ids,
+                    &ack.correlation_ids,
+                    v3::application_up::Up::DownlinkSent(item),
+                )
+                .await;
+            }
+            return Ok(());
+        }
+        // RX1 failed at the gateway: try RX2 of the same uplink once.
+        let mut retry = p.message.clone();
+        if p.rx_window == 1
+            && let Some(req) = retry.request.as_mut()
+            && req.rx2_data_rate.is_some()
+            && req.rx1_data_rate.is_some()
+            && let Some(gs) = self.gs.get()
+        {
+            req.rx1_data_rate = None;
+            req.rx1_frequency = 0;
+            if let Ok(v3::ScheduleDownlinkResponse {
+                result: Some(v3::schedule_downlink_response::Result::Scheduled(s)),
+            }) = gs.schedule_downlink(retry.clone()).await
+            {
+                self.pending_tx.lock().expect("pending tx lock").insert(
+                    retry.downlink_id.clone(),
+                    PendingTx {
+                        application_id: p.application_id,
+                        app: p.app,
+                        message: retry,
+                        rx_window: s.rx_window,
+                    },
+                );
+                self.tx_tracked.notify_waiters();
+                return Ok(());
+            }
+        }
+        self.metrics
+            .downlinks
+            .get_or_create(&[("outcome", "tx_failed")])
+            .inc();
+        if let Some(item) = p.app {
+            let result = v3::tx_acknowledgment::Result::try_from(ack.result)
+                .map(|r| r.as_str_name())
+                .unwrap_or("UNKNOWN");
+            self.deliver(
+                &ids,
+                &ack.correlation_ids,
+                v3::application_up::Up::DownlinkFailed(v3::ApplicationDownlinkFailed {
+                    downlink: Some(item),
+                    error: Some(error(
+                        tonic::Code::Unavailable,
+                        "tx_failed",
+                        format!("the gateway did not transmit: {result}"),
+                    )),
+                }),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// Class C: sends the device's next downlink now, on RX2 parameters.
+    pub async fn class_c_downlink(self: &Arc<Self>, key: String) {
+        let Some(slot) = self.devices.get(&key) else {
+            return;
+        };
+        let mut dev = slot.lock().await;
+        let Some(device) = dev.record.device.clone() else {
+            return;
+        };
+        let class_c = device
+            .mac_settings
+            .as_ref()
+            .and_then(|s| s.class)
+            .map_or(device.supports_class_c, |c| {
+                c == v3::DeviceClass::ClassC as i32
+            });
+        if !class_c || dev.current.is_none() {
+            return;
+        }
+        let plan = plan_of(&device, &self.config);
+        let params = plan.params();
+        let (_, _, rx2_freq, rx2_dr) = self.mac.rx_params(&dev, plan, &self.config);
+        let max_m = params
+            .max_payload_size(rx2_dr, plan.downlink_dwell_time, false)
+            .map_or(51, |p| usize::from(p.m));
+        let queue = self
+            .store
+            .list_downlinks(
+                QueueOwner::NetworkServer,
+                &app_id(&dev.ids()),
+                &dev.ids().device_id,
+            )
+            .await
+            .unwrap_or_default();
+        let fixed: Vec<v3::GatewayIdentifiers> = queue
+            .first()
+            .and_then(|d| d.class_b_c.as_ref())
+            .map(|c| {
+                c.gateways
+                    .iter()
+                    .filter_map(|g| g.gateway_ids.clone())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|g| !g.is_empty())
+            .unwrap_or_else(|| dev.state.last_gateways.clone());
+        let request = v3::TxRequest {
+            class: v3::DeviceClass::ClassC as i32,
+            downlink_paths: fixed
+                .into_iter()
+                .map(|g| v3::DownlinkPath {
+                    path: Some(v3::downlink_path::Path::Fixed(
+                        v3::GatewayAntennaIdentifiers {
+                            gateway_ids: Some(g),
+                            antenna_index: 0,
+                        },
+                    )),
+                })
+                .collect(),
+            rx2_data_rate: params.data_rate(rx2_dr).map(Into::into),
+            rx2_frequency: u64::from(rx2_freq),
+            priority: v3::TxSchedulePriority::Normal as i32,
+            frequency_plan_id: plan.id.to_owned(),
+            ..Default::default()
+        };
+        if dev.state.confirmed.is_some() {
+            // Wait for the ACK (next uplink) before sending more.
+            return;
+        }
+        let cids = queue
+            .first()
+            .map(|d| d.correlation_ids.clone())
+            .unwrap_or_default();
+        self.build_and_schedule(&mut dev, request, max_m, false, 0, false, &cids)
+            .await;
+    }
+
+    // ---- joins ----
+
+    async fn handle_join(self: &Arc<Self>, ctx: UplinkCtx, phy: PhyPayload) {
+        let cids = ctx.msg.correlation_ids.clone();
+        let Payload::JoinRequest(jr) = &phy.payload else {
+            return;
+        };
+        self.events.publish(
+            Event::new(&defs::NS_UP_JOIN_RECEIVE)
+                .with_correlation_ids(cids.iter().cloned())
+                .with_data(&ctx.msg),
+        );
+        let reject =
+            |reason: &'static str, message: String, ids: Option<&v3::EndDeviceIdentifiers>| {
+                self.metrics
+                    .joins
+                    .get_or_create(&[("outcome", reason)])
+                    .inc();
+                self.metrics
+                    .dropped
+                    .get_or_create(&[("reason", reason)])
+                    .inc();
+                let details = error(tonic::Code::InvalidArgument, reason, message);
+                self.events.publish(
+                    Event::new(&defs::NS_UP_JOIN_REJECT)
+                        .with_identifiers(ids)
+                        .with_correlation_ids(cids.iter().cloned())
+                        .with_data(&details),
+                );
+            };
+        let found = match self.store.ns_device_by_euis(jr.join_eui, jr.dev_eui).await {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                reject(
+                    "unknown_device",
+                    format!(
+                        "no device with JoinEUI {} and DevEUI {} on this Network Server",
+                        jr.join_eui, jr.dev_eui
+                    ),
+                    None,
+                );
+                return;
+            }
+            Err(e) => {
+                reject("store_error", e.to_string(), None);
+                return;
+            }
+        };
+        let key = {
+            let ids = found
+                .value
+                .device
+                .as_ref()
+                .and_then(|d| d.ids.clone())
+                .unwrap_or_default();
+            format!("{}/{}", app_id(&ids), ids.device_id)
+        };
+        let slot = match self.devices.get(&key) {
+            Some(s) => s,
+            None => match Device::load(found.value, found.version, &self.vault) {
+                Ok(d) => self.devices.insert(d),
+                Err(e) => {
+                    reject("invalid_device", e, None);
+                    return;
+                }
+            },
+        };
+        let mut dev = slot.lock().await;
+        let ids = dev.ids();
+        let Some(device) = dev.record.device.clone() else {
+            return;
+        };
+        if !device.supports_join {
+            reject(
+                "not_otaa",
+                "the device does not support join (supports_join is false)".to_owned(),
+                Some(&ids),
+            );
+            return;
+        }
+        let plan = plan_of(&device, &self.config);
+        let params = plan.params();
+        let version = v3::MacVersion::try_from(device.lorawan_version)
+            .ok()
+            .filter(|v| *v != v3::MacVersion::Unknown)
+            .unwrap_or(v3::MacVersion::MacV103);
+        let v1_1 = version == v3::MacVersion::MacV11;
+        let prefix = self.prefixes[self.random_u32() as usize % self.prefixes.len()];
+        let dev_addr: DevAddr = prefix.address(self.random_u32());
+        let rx2 = params
+            .rx2_after_join(ctx.frequency)
+            .unwrap_or_else(|| params.rx2_default());
+        let (session_mac, ja) = match self.mac.fresh(&device, plan, true) {
+            Ok((m, Some(ja))) => (m, ja),
+            Ok((_, None)) => return,
+            Err(e) => {
+                reject("invalid_mac_settings", e, Some(&ids));
+                return;
+            }
+        };
+        let rx1_offset = u32::from(ja.rx1_dr_offset);
+        let rx2_dr = u32::from(ja.rx2_data_rate);
+        let rx_delay = u32::from(ja.rx_delay);
+        let cf_list = ja.cf_list.map(|c| c.to_vec()).unwrap_or_default();
+        let request = v3::JoinRequest {
+            raw_payload: ctx.msg.raw_payload.clone(),
+            dev_addr: dev_addr.to_be_bytes().to_vec(),
+            selected_mac_version: version as i32,
+            net_id: self.config.net_id.to_be_bytes().to_vec(),
+            downlink_settings: Some(v3::DownlinkSettings {
+                rx1_dr_offset: rx1_offset,
+                rx2_dr,
+                opt_neg: v1_1,
+            }),
+            rx_delay,
+            cf_list,
+            correlation_ids: cids.clone(),
+        };
+        let response = match self.js.handle_join(request.clone()).await {
+            Ok(r) => r,
+            Err(status) => {
+                let reason = match status.code() {
+                    tonic::Code::AlreadyExists => "dev_nonce_reused",
+                    tonic::Code::NotFound => "unknown_device",
+                    tonic::Code::InvalidArgument => "join_mic_mismatch",
+                    _ => "join_server_error",
+                };
+                reject(
+                    reason,
+                    format!("Join Server: {}", status.message()),
+                    Some(&ids),
+                );
+                return;
+            }
+        };
+        let mut keys = response.session_keys.clone().unwrap_or_default();
+        let app_s_key = keys.app_s_key.take();
+        if app_s_key.as_ref().is_some_and(|k| !k.is_wrapped()) {
+            warn!(
+                "the Join Server returned the AppSKey in clear: not stored by the Network Server"
+            );
+        }
+        // The NS keeps the AppSKey only wrapped; it cannot read it.
+        keys.app_s_key = app_s_key.clone().filter(|k| k.is_wrapped());
+        let session = v3::Session {
+            dev_addr: dev_addr.to_be_bytes().to_vec(),
+            keys: Some(keys),
+            started_at: Some(Timestamp::now()),
+            ..Default::default()
+        };
+        let ctx_keys = match self.vault.session(&session, v1_1) {
+            Ok(k) => k,
+            Err(e) => {
+                reject("unusable_session_keys", e, Some(&ids));
+                return;
+            }
+        };
+        let old_addrs = dev.dev_addrs();
+        let mut next = dev.clone();
+        next.record.pending_session = Some(session);
+        next.pending = Some(ctx_keys);
+        next.state.pending_mac = session_mac.encode_to_vec();
+        if let Some(d) = next.record.device.as_mut() {
+            d.lorawan_version = version as i32;
+        }
+        next.record.state = next.state.encode_to_vec();
+        match self
+            .store
+            .set_ns_device(&next.record, Expect::Version(dev.version))
+            .await
+        {
+            Ok(v) => next.version = v,
+            Err(e) => {
+                reject("store_error", e.to_string(), Some(&ids));
+                return;
+            }
+        }
+        *dev = next;
+        let new_addrs = dev.dev_addrs();
+        self.devices.reindex(&key, &old_addrs, &new_addrs, &slot);
+        self.metrics
+            .joins
+            .get_or_create(&[("outcome", "accepted")])
+            .inc();
+        self.events.publish(
+            Event::new(&defs::NS_UP_JOIN_ACCEPT)
+                .with_identifiers([&ids])
+                .with_correlation_ids(cids.iter().cloned())
+                .with_data(&request),
+        );
+        // The join-accept, in the join-accept windows of the best gateways.
+        let up_dr = uplink_dr(plan, ctx.msg.settings.as_ref()).unwrap_or(0);
+        let rx1_dr = params
+            .rx1_data_rate(up_dr, 0, plan.downlink_dwell_time)
+            .unwrap_or(up_dr);
+        let message = v3::DownlinkMessage {
+            raw_payload: response.raw_payload.clone(),
+            correlation_ids: cids.clone(),
+            request: Some(v3::TxRequest {
+                class: v3::DeviceClass::ClassA as i32,
+                downlink_paths: best_first(&ctx.msg.rx_metadata)
+                    .into_iter()
+                    .filter(|m| !m.uplink_token.is_empty())
+                    .map(|m| v3::DownlinkPath {
+                        path: Some(v3::downlink_path::Path::UplinkToken(m.uplink_token)),
+                    })
+                    .collect(),
+                rx1_delay: band::JOIN_ACCEPT_DELAY1.as_secs() as u32,
+                rx1_data_rate: params.data_rate(rx1_dr).map(Into::into),
+                rx1_frequency: u64::from(
+                    params.rx1_frequency(ctx.frequency).unwrap_or(ctx.frequency),
+                ),
+                rx2_data_rate: params.data_rate(rx2.dr).map(Into::into),
+                rx2_frequency: u64::from(rx2.frequency),
+                priority: v3::TxSchedulePriority::Highest as i32,
+                frequency_plan_id: plan.id.to_owned(),
+                ..Default::default()
+            }),
+            downlink_id: format!("{}/join/{:08x}", self.instance_id, self.random_u32()),
+            end_device_ids: Some(ids.clone()),
+        };
+        match self.gs.get() {
+            None => warn!("no Gateway Server link is set: the join-accept cannot be scheduled"),
+            Some(gs) => match gs.schedule_downlink(message.clone()).await {
+                Ok(v3::ScheduleDownlinkResponse {
+                    result: Some(v3::schedule_downlink_response::Result::Scheduled(_)),
+                }) => {
+                    self.metrics
+                        .downlinks
+                        .get_or_create(&[("outcome", "join_accept")])
+                        .inc();
+                    self.events.publish(
+                        Event::new(&defs::NS_DOWN_JOIN_SCHEDULE)
+                            .with_identifiers([&ids])
+                            .with_correlation_ids(cids.iter().cloned())
+                            .with_data(&message),
+                    );
+                }
+                Ok(v3::ScheduleDownlinkResponse {
+                    result: Some(v3::schedule_downlink_response::Result::Failed(f)),
+                }) => {
+                    self.events.publish(
+                        Event::new(&defs::NS_DOWN_JOIN_SCHEDULE_FAIL)
+                            .with_identifiers([&ids])
+                            .with_correlation_ids(cids.iter().cloned())
+                            .with_data(&f),
+                    );
+                }
+                Ok(_) | Err(_) => {
+                    self.metrics
+                        .downlinks
+                        .get_or_create(&[("outcome", "schedule_error")])
+                        .inc();
+                }
+            },
+        }
+        let session_key_id = response
+            .session_keys
+            .as_ref()
+            .map(|k| k.session_key_id.clone())
+            .unwrap_or_default();
+        // The AS keys the new session by this DevAddr, not the registry's (empty) one.
+        let accepted_ids = v3::EndDeviceIdentifiers {
+            dev_addr: dev_addr.to_be_bytes().to_vec(),
+            ..ids.clone()
+        };
+        self.deliver(
+            &accepted_ids,
+            &cids,
+            v3::application_up::Up::JoinAccept(v3::ApplicationJoinAccept {
+                session_key_id,
+                app_s_key,
+                invalidated_downlinks: Vec::new(),
+                pending_session: true,
+                received_at: Some(ctx.received_at.into()),
+            }),
+        )
+        .await;
+    }
+
+    // ---- queue ----
+
+    async fn queue_op(
+        &self,
+        op: v3::DownlinkQueueOperation,
+    ) -> Result<(u32, Vec<u8>, String), v3::ErrorDetails> {
+        use tonic::Code;
+        let ids = op.end_device_ids.clone().ok_or_else(|| {
+            error(
+                Code::InvalidArgument,
+                "invalid_argument",
+                "end_device_ids: required",
+            )
+        })?;
+        let app = app_id(&ids);
+        let key = format!("{app}/{}", ids.device_id);
+        let slot = self.devices.get(&key).ok_or_else(|| {
+            error(
+                Code::NotFound,
+                "unknown_device",
+                format!(
+                    "device {:?} of application {app:?} is not on this Network Server",
+                    ids.device_id
+                ),
+            )
+        })?;
+        let mut dev = slot.lock().await;
+        let session = dev.current.clone().ok_or_else(|| {
+            error(
+                Code::FailedPrecondition,
+                "unknown_session",
+                format!("device {:?} has no session yet", ids.device_id),
+            )
+        })?;
+        let replace = op.operation == v3::downlink_queue_operation::Operation::Replace as i32;
+        // Never below what went on air (1.0.x: the network's own downlinks take counters too).
+        let air = air_next_a(&dev.state, session.v1_1);
+        let first_allowed = if replace {
+            air
+        } else {
+            dev.state.next_a_f_cnt_down.max(air)
+        };
+        let mut expected = first_allowed;
+        for (i, d) in op.downlinks.iter().enumerate() {
+            if !(1..=223).contains(&d.f_port) {
+                return Err(error(
+                    Code::InvalidArgument,
+                    "invalid_f_port",
+                    format!("downlinks[{i}].f_port: {} is not in 1..=223", d.f_port),
+                ));
+            }
+            if d.session_key_id != session.session_key_id {
+                return Err(error(
+                    Code::FailedPrecondition,
+                    "session_mismatch",
+                    format!("downlinks[{i}].session_key_id: not the device's current session"),
+                ));
+            }
+            if d.frm_payload.len() > 242 {
+                return Err(error(
+                    Code::InvalidArgument,
+                    "payload_too_long",
+                    format!(
+                        "downlinks[{i}].frm_payload: {} bytes is more than any data rate carries",
+                        d.frm_payload.len()
+                    ),
+                ));
+            }
+            if d.f_cnt < expected {
+                return Err(error(
+                    Code::FailedPrecondition,
+                    "f_cnt_too_low",
+                    format!(
+                        "downlinks[{i}].f_cnt: {} is below the next usable counter {expected}",
+                        d.f_cnt
+                    ),
+                ));
+            }
+            expected = d.f_cnt + 1;
+        }
+        let dev_id = ids.device_id.clone();
+        if replace {
+            self.store
+                .replace_downlinks(QueueOwner::NetworkServer, &app, &dev_id, &op.downlinks)
+                .await
+        } else {
+            self.store
+                .push_downlinks(QueueOwner::NetworkServer, &app, &dev_id, &op.downlinks)
+                .await
+                .map(drop)
+        }
+        .map_err(|e| error(Code::Unavailable, "store_error", e.to_string()))?;
+        dev.state.next_a_f_cnt_down = expected;
+        if replace && op.downlinks.is_empty() {
+            dev.state.next_a_f_cnt_down = first_allowed;
+        }
+        self.persist(&mut dev).await;
+        Ok((dev.state.next_a_f_cnt_down, session.session_key_id, key))
+    }
+}
+
+impl Core {
+    /// The counter and session the next pushed downlink of a device must use, if it has a
+    /// session on this Network Server.
+    async fn queue_hint(&self, ids: &v3::EndDeviceIdentifiers) -> Option<(u32, Vec<u8>)> {
+        let key = format!("{}/{}", app_id(ids), ids.device_id);
+        let slot = self.devices.get(&key)?;
+        let dev = slot.lock().await;
+        let session = dev.current.as_ref()?;
+        let next = dev
+            .state
+            .next_a_f_cnt_down
+            .max(air_next_a(&dev.state, session.v1_1));
+        Some((next, session.session_key_id.clone()))
+    }
+}
+
+fn ids_app(ids: &v3::EndDeviceIdentifiers) -> String {
+    app_id(ids)
+}
+
+/// Encodes and signs a data downlink (1.1: FOpts encrypted with the NwkSEncKey).
+#[allow(clippy::too_many_arguments)]
+fn encode_downlink(
+    s: &crate::devices::SessionCtx,
+    m_type: MType,
+    f_ctrl: FCtrl,
+    f_cnt: u32,
+    mut f_opts: Vec<u8>,
+    f_port: Option<u8>,
+    frm_payload: Vec<u8>,
+    conf_f_cnt: u16,
+) -> Option<Vec<u8>> {
+    if s.v1_1 && !f_opts.is_empty() {
+        crypto::encrypt_f_opts(
+            &s.nwk_s_enc_key,
+            Direction::Downlink,
+            s.dev_addr,
+            f_cnt,
+            &mut f_opts,
+            FOptsCounterVariant::Original,
+        )
+        .ok()?;
+    }
+    let mut phy = PhyPayload {
+        mhdr: Mhdr::new(m_type),
+        payload: Payload::MacPayload(MacPayload {
+            fhdr: Fhdr {
+                dev_addr: s.dev_addr,
+                f_ctrl,
+                f_cnt: f_cnt as u16,
+                f_opts: FOpts::new(&f_opts).ok()?,
+            },
+            f_port,
+            frm_payload,
+        }),
+        mic: Some([0; 4]),
+    };
+    let msg = phy.encode_mic_input().ok()?;
+    let conf = if s.v1_1 { conf_f_cnt } else { 0 };
+    phy.mic = Some(crypto::downlink_mic(
+        &s.s_nwk_s_int_key,
+        conf,
+        s.dev_addr,
+        f_cnt,
+        &msg,
+    ));
+    phy.encode().ok()
+}
+
+#[async_trait::async_trait]
+impl QueueHandler for Arc<Core> {
+    async fn queue_operation(
+        &self,
+        op: v3::DownlinkQueueOperation,
+    ) -> v3::DownlinkQueueOperationResult {
+        let operation_id = op.operation_id;
+        let pushed = !op.downlinks.is_empty();
+        let ids = op.end_device_ids.clone();
+        match self.queue_op(op).await {
+            Ok((next, session_key_id, key)) => {
+                if pushed {
+                    let core = self.clone();
+                    tokio::spawn(async move { core.class_c_downlink(key).await });
+                }
+                v3::DownlinkQueueOperationResult {
+                    operation_id,
+                    error: None,
+                    next_a_f_cnt_down: next,
+                    session_key_id,
+                }
+            }
+            Err(e) => {
+                // Say which counter and session would have been right, so that the AS can
+                // re-encrypt and try again instead of guessing.
+                let (next_a_f_cnt_down, session_key_id) = match &ids {
+                    Some(ids) => self.queue_hint(ids).await.unwrap_or_default(),
+                    None => Default::default(),
+                };
+                v3::DownlinkQueueOperationResult {
+                    operation_id,
+                    error: Some(e),
+                    next_a_f_cnt_down,
+                    session_key_id,
+                }
+            }
+        }
+    }
+
+    async fn queue_list(
+        &self,
+        device: &v3::EndDeviceIdentifiers,
+    ) -> Result<v3::ApplicationDownlinks, Status> {
+        let app = app_id(device);
+        self.store
+            .list_downlinks(QueueOwner::NetworkServer, &app, &device.device_id)
+            .await
+            .map(|downlinks| v3::ApplicationDownlinks { downlinks })
+            .map_err(|e| Status::unavailable(e.to_string()))
+    }
+}
+
+/// The GS's end of the GS↔NS link.
+pub(crate) struct GsEnd(pub Arc<Core>);
+
+#[async_trait::async_trait]
+impl tern_cluster::links::GsNs for GsEnd {
+    async fn handle_uplink(&self, uplink: v3::UplinkMessage) -> LinkResult<()> {
+        self.0.handle_uplink(uplink)
+    }
+
+    async fn report_tx_ack(&self, ack: v3::TxAcknowledgment) -> LinkResult<()> {
+        self.0.report_tx_ack(ack).await
+    }
+
+    async fn report_gateway_connection(&self, event: v3::GatewayConnectionEvent) -> LinkResult<()> {
+        debug!(state = event.state, "gateway connection change");
+        Ok(())
+    }
+}

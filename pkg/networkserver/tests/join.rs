@@ -1,0 +1,382 @@
+//! OTAA joins through the real Join Server (in process, behind `NsJs`): 1.0.3 and 1.1,
+//! DevNonce reuse, and the AppSKey never in clear in the NS's store or link messages.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use lorawan::crypto::{self, FOptsCounterVariant};
+use lorawan::phy::{FCtrl, FOpts, Fhdr, JoinRequest, MacPayload, Mhdr, Payload};
+use lorawan::{
+    Aes128Key, DevAddr, DevNonce, Direction, Eui64, MType, MacCommand, NetId, PhyPayload,
+};
+use prost::Message;
+use tern_api::v3;
+use tern_cluster::auth::{Authenticator, ClusterKeys};
+use tern_events::EventBus;
+use tern_joinserver::{JoinServer, JsConfig, JsDeps, KeySource};
+use tern_networkserver::NsConfig;
+use tern_store::{Store, StoreConfig};
+
+const APP_KEY: Aes128Key = Aes128Key([
+    0x2b, 0x7e, 0x15, 0x16, 0x28, 0xae, 0xd2, 0xa6, 0xab, 0xf7, 0x15, 0x88, 0x09, 0xcf, 0x4f, 0x3c,
+]);
+const NWK_KEY: Aes128Key = Aes128Key([0x44; 16]);
+const NS_KEK: &str = "000102030405060708090a0b0c0d0e0f";
+const AS_KEK: &str = "f0e0d0c0b0a090807060504030201000";
+const JOIN_EUI: Eui64 = Eui64([0x70, 0xb3, 0xd5, 0x7e, 0xd0, 0, 0, 0]);
+const WAIT: Duration = Duration::from_secs(3);
+
+async fn join_server(dir: &Path) -> JoinServer {
+    let store = Store::open(&StoreConfig::default(), dir).await.unwrap();
+    let mut keks = BTreeMap::new();
+    keks.insert("ns:local".to_owned(), KeySource::Hex(NS_KEK.into()));
+    keks.insert("as:local".to_owned(), KeySource::Hex(AS_KEK.into()));
+    JoinServer::new(JsDeps {
+        config: JsConfig {
+            root_key_kek: Some("a0a1a2a3a4a5a6a7a8a9aaabacadaeaf".into()),
+            keks,
+            ..JsConfig::default()
+        },
+        store,
+        events: EventBus::in_process(64),
+        auth: Authenticator::new(ClusterKeys::new(&["cluster-key-0123456789"]).unwrap()),
+    })
+    .unwrap()
+}
+
+fn ns_config() -> NsConfig {
+    let mut c = config();
+    c.key_encryption_keys
+        .insert("ns:local".into(), NS_KEK.into());
+    c
+}
+
+async fn register(
+    js: &JoinServer,
+    h: &Harness,
+    dev: &str,
+    dev_eui: Eui64,
+    version: v3::MacVersion,
+) {
+    let ids = v3::EndDeviceIdentifiers::new("app-1", dev)
+        .with_join_eui(JOIN_EUI)
+        .with_dev_eui(dev_eui);
+    let v1_1 = version == v3::MacVersion::MacV11;
+    js.set_device(
+        v3::EndDevice {
+            ids: Some(ids.clone()),
+            lorawan_version: version as i32,
+            root_keys: Some(v3::RootKeys {
+                app_key: Some(v3::KeyEnvelope::clear(APP_KEY)),
+                nwk_key: v1_1.then(|| v3::KeyEnvelope::clear(NWK_KEY)),
+            }),
+            ..Default::default()
+        },
+        tern_api::FieldMask::new(["root_keys", "lorawan_version"]),
+    )
+    .await
+    .unwrap();
+    h.ns.set_device(
+        v3::EndDevice {
+            ids: Some(ids),
+            frequency_plan_id: "EU_863_870".into(),
+            lorawan_version: version as i32,
+            supports_join: true,
+            mac_settings: Some(v3::MacSettings {
+                adr_enabled: Some(false),
+                status_count_periodicity: Some(0),
+                status_time_periodicity: Some(0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        &[
+            "ids",
+            "frequency_plan_id",
+            "lorawan_version",
+            "supports_join",
+            "mac_settings",
+        ],
+    )
+    .await
+    .unwrap();
+}
+
+fn join_request(dev_eui: Eui64, dev_nonce: u16, key: &Aes128Key) -> Vec<u8> {
+    let mut phy = PhyPayload {
+        mhdr: Mhdr::new(MType::JoinRequest),
+        payload: Payload::JoinRequest(JoinRequest {
+            join_eui: JOIN_EUI,
+            dev_eui,
+            dev_nonce: DevNonce(dev_nonce),
+        }),
+        mic: Some([0; 4]),
+    };
+    let msg = phy.encode_mic_input().unwrap();
+    phy.mic = Some(crypto::join_request_mic(key, &msg));
+    phy.encode().unwrap()
+}
+
+/// Decrypts a join-accept; returns (DevAddr, JoinNonce, NetID, the decrypted bytes).
+fn open_accept(raw: &[u8], key: &Aes128Key) -> (lorawan::phy::JoinAccept, Vec<u8>) {
+    let clear = crypto::decrypt_join_accept(key, raw).unwrap();
+    let phy = PhyPayload::decode(&clear).unwrap();
+    let Payload::JoinAccept(ja) = phy.payload else {
+        panic!()
+    };
+    (ja, clear)
+}
+
+fn join_accept_up(up: &v3::SequencedApplicationUp) -> v3::ApplicationJoinAccept {
+    match up.up.as_ref().and_then(|u| u.up.clone()) {
+        Some(v3::application_up::Up::JoinAccept(j)) => j,
+        other => panic!("not a join-accept: {other:?}"),
+    }
+}
+
+fn uplink_of(up: &v3::SequencedApplicationUp) -> v3::ApplicationUplink {
+    match up.up.as_ref().and_then(|u| u.up.clone()) {
+        Some(v3::application_up::Up::UplinkMessage(m)) => m,
+        other => panic!("not an uplink: {other:?}"),
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every byte of every file under `dir` (the embedded store and its WAL).
+fn all_bytes(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            out.extend(std::fs::read(p).unwrap());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otaa_1_0_3_join_then_uplink_with_the_new_session() {
+    let js_dir = tempfile::tempdir().unwrap();
+    let ns_dir = tempfile::tempdir().unwrap();
+    let js = join_server(js_dir.path()).await;
+    let h = Harness::start(ns_dir.path(), js.ns_link(), ns_config()).await;
+    let dev_eui = Eui64::from_u64(0x0004a30b001c0530);
+    register(&js, &h, "otaa-10", dev_eui, v3::MacVersion::MacV103).await;
+    let mut as_ = h.link().await;
+    let mut link_bytes = Vec::new();
+
+    let raw = join_request(dev_eui, 0x0102, &APP_KEY);
+    h.ns.gs_link()
+        .handle_uplink(copy(&raw, "gw-a", 5.0, -70.0))
+        .await
+        .unwrap();
+    let up = as_.next_up(WAIT).await.expect("join-accept for the AS");
+    link_bytes.extend(up.encode_to_vec());
+    let ja_up = join_accept_up(&up);
+    assert!(ja_up.pending_session);
+    let wrapped = ja_up.app_s_key.clone().unwrap();
+    assert_eq!(wrapped.kek_label, "as:local");
+    assert!(wrapped.key.is_empty(), "AppSKey wrapped, never clear");
+
+    let downs = h.gs.take();
+    assert_eq!(downs.len(), 1);
+    let req = downs[0].request.clone().unwrap();
+    assert_eq!(req.rx1_delay, 5, "JOIN_ACCEPT_DELAY1");
+    assert_eq!(req.priority, v3::TxSchedulePriority::Highest as i32);
+    let (ja, clear) = open_accept(&downs[0].raw_payload, &APP_KEY);
+    let mic = crypto::join_accept_mic_1_0(&APP_KEY, PhyPayload::mic_input(&clear));
+    assert_eq!(&clear[clear.len() - 4..], &mic);
+    assert!(ja.dev_addr.is_net_id(NetId([0, 0, 0x13])));
+    let keys =
+        crypto::derive_session_keys_1_0(&APP_KEY, ja.join_nonce, ja.home_net_id, DevNonce(0x0102));
+    let as_kek: Aes128Key = AS_KEK.parse().unwrap();
+    assert_eq!(
+        crypto::unwrap_key(&as_kek, &wrapped.encrypted_key).unwrap(),
+        keys.app_s_key
+    );
+
+    // The first uplink of the new session.
+    let data = data_up(
+        ja.dev_addr,
+        &keys.nwk_s_key,
+        &keys.app_s_key,
+        0,
+        false,
+        FCtrl::default(),
+        &[],
+        2,
+        b"hi",
+    );
+    h.ns.process_uplink(copy(&data, "gw-a", 5.0, -70.0))
+        .await
+        .unwrap();
+    let up = as_.next_up(WAIT).await.expect("uplink");
+    link_bytes.extend(up.encode_to_vec());
+    let m = uplink_of(&up);
+    assert_eq!(m.session_key_id, ja_up.session_key_id);
+    assert_eq!(m.f_cnt, 0);
+    let d =
+        h.ns.get_device(&v3::EndDeviceIdentifiers::new("app-1", "otaa-10"))
+            .await
+            .unwrap();
+    assert_eq!(
+        d.session.unwrap().dev_addr,
+        ja.dev_addr.to_be_bytes().to_vec()
+    );
+
+    // DevNonce reuse: refused by the JS, no new session.
+    let mut rejects = h
+        .events
+        .subscribe(tern_events::Filter::all().name("ns.up.join.reject"))
+        .await
+        .unwrap();
+    h.ns.process_uplink(copy(&raw, "gw-a", 5.0, -70.0))
+        .await
+        .unwrap();
+    let e = tokio::time::timeout(WAIT, rejects.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let name = e.data.clone().unwrap().fields.get("name").cloned().unwrap();
+    assert_eq!(
+        name.kind,
+        Some(pbjson_types::value::Kind::StringValue(
+            "dev_nonce_reused".into()
+        ))
+    );
+    assert!(h.gs.take().is_empty());
+
+    // The AppSKey is nowhere in clear: not in the NS's store files, not on the link.
+    h.store.close().await.unwrap();
+    let stored = all_bytes(ns_dir.path());
+    assert!(!stored.is_empty());
+    assert!(
+        !contains(&stored, &keys.app_s_key.0),
+        "clear AppSKey in the NS store"
+    );
+    assert!(
+        contains(&stored, &wrapped.encrypted_key),
+        "the wrapped AppSKey is stored"
+    );
+    assert!(
+        !contains(&link_bytes, &keys.app_s_key.0),
+        "clear AppSKey on the link"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otaa_1_1_join_rekey_and_first_uplink() {
+    let js_dir = tempfile::tempdir().unwrap();
+    let ns_dir = tempfile::tempdir().unwrap();
+    let js = join_server(js_dir.path()).await;
+    let h = Harness::start(ns_dir.path(), js.ns_link(), ns_config()).await;
+    let dev_eui = Eui64::from_u64(0x0004a30b001c0531);
+    register(&js, &h, "otaa-11", dev_eui, v3::MacVersion::MacV11).await;
+    let mut as_ = h.link().await;
+
+    let raw = join_request(dev_eui, 1, &NWK_KEY);
+    h.ns.process_uplink(copy(&raw, "gw-a", 5.0, -70.0))
+        .await
+        .unwrap();
+    let ja_up = join_accept_up(&as_.next_up(WAIT).await.unwrap());
+    let downs = h.gs.take();
+    assert_eq!(downs.len(), 1);
+    let (ja, clear) = open_accept(&downs[0].raw_payload, &NWK_KEY);
+    assert!(ja.dl_settings.opt_neg, "OptNeg for a 1.1 device");
+    let js_int = crypto::derive_js_int_key(&NWK_KEY, dev_eui);
+    let mic = crypto::join_accept_mic_1_1(
+        &js_int,
+        0xFF,
+        JOIN_EUI,
+        DevNonce(1),
+        PhyPayload::mic_input(&clear),
+    );
+    assert_eq!(&clear[clear.len() - 4..], &mic);
+    let k =
+        crypto::derive_session_keys_1_1(&NWK_KEY, &APP_KEY, ja.join_nonce, JOIN_EUI, DevNonce(1));
+
+    // First uplink: RekeyInd in encrypted FOpts, 1.1 MIC (DR5, channel 0).
+    let addr: DevAddr = ja.dev_addr;
+    let mut f_opts = Vec::new();
+    MacCommand::RekeyInd(lorawan::mac::RekeyInd { minor_version: 1 })
+        .encode(&mut f_opts)
+        .unwrap();
+    crypto::encrypt_f_opts(
+        &k.nwk_s_enc_key,
+        Direction::Uplink,
+        addr,
+        0,
+        &mut f_opts,
+        FOptsCounterVariant::Original,
+    )
+    .unwrap();
+    let mut frm = b"up".to_vec();
+    crypto::encrypt_frm_payload(&k.app_s_key, Direction::Uplink, addr, 0, &mut frm);
+    let mut phy = PhyPayload {
+        mhdr: Mhdr::new(MType::UnconfirmedDataUp),
+        payload: Payload::MacPayload(MacPayload {
+            fhdr: Fhdr {
+                dev_addr: addr,
+                f_ctrl: FCtrl::default(),
+                f_cnt: 0,
+                f_opts: FOpts::new(&f_opts).unwrap(),
+            },
+            f_port: Some(3),
+            frm_payload: frm,
+        }),
+        mic: Some([0; 4]),
+    };
+    let msg = phy.encode_mic_input().unwrap();
+    phy.mic = Some(crypto::uplink_mic_1_1(
+        &k.f_nwk_s_int_key,
+        &k.s_nwk_s_int_key,
+        0,
+        5,
+        0,
+        addr,
+        0,
+        &msg,
+    ));
+    h.ns.process_uplink(copy(&phy.encode().unwrap(), "gw-a", 5.0, -70.0))
+        .await
+        .unwrap();
+    let m = uplink_of(&as_.next_up(WAIT).await.expect("uplink"));
+    assert_eq!(m.session_key_id, ja_up.session_key_id);
+
+    // RekeyConf in the downlink, FOpts encrypted with the NwkSEncKey, MIC with SNwkSIntKey.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let downs = h.gs.take();
+    assert_eq!(downs.len(), 1, "RekeyConf downlink");
+    let raw = &downs[0].raw_payload;
+    let phy = PhyPayload::decode(raw).unwrap();
+    let mp = phy.mac_payload().unwrap();
+    let mic = crypto::downlink_mic(&k.s_nwk_s_int_key, 0, addr, 0, PhyPayload::mic_input(raw));
+    assert_eq!(Some(mic), phy.mic);
+    let mut opts = mp.fhdr.f_opts.as_slice().to_vec();
+    if opts.is_empty() {
+        opts = mp.frm_payload.clone();
+        crypto::decrypt_frm_payload(&k.nwk_s_enc_key, Direction::Downlink, addr, 0, &mut opts);
+    } else {
+        crypto::encrypt_f_opts(
+            &k.nwk_s_enc_key,
+            Direction::Downlink,
+            addr,
+            0,
+            &mut opts,
+            FOptsCounterVariant::Original,
+        )
+        .unwrap();
+    }
+    let cmds = MacCommand::decode_all(Direction::Downlink, &opts).unwrap();
+    assert!(
+        cmds.iter().any(|c| matches!(c, MacCommand::RekeyConf(_))),
+        "{cmds:?}"
+    );
+}
