@@ -50,6 +50,7 @@ FUZZ_SECONDS ?= 30
 fuzz-smoke:
 	scripts/fuzz-smoke.sh $(FUZZ_SECONDS)
 
-## End-to-end scenarios (arrive with the e2e issue).
-e2e:
-	@echo "no end-to-end scenarios yet"
+## End-to-end: every role in one `tern` process, driven by simulated UDP gateways and a
+## device, checked through the real MQTT clients (also part of `make test`).
+e2e: tools
+	$(CARGO) test -p tern --test e2e

@@ -10,6 +10,7 @@ tools=(
   "nats-server:nats-server"  # the event bus's tests start a real NATS server
   "runuser:util-linux"       # scripts/test-postgres.sh runs PostgreSQL as postgres when root
   "mosquitto_sub:mosquitto-clients" # the AS's MQTT server is tested with the real clients
+  "openssl:openssl"          # TLS tests make their throwaway certificates with it
 )
 
 missing=()

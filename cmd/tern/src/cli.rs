@@ -44,6 +44,55 @@ pub enum Command {
     Migrate,
     /// Print the version.
     Version,
+    /// Administer the Identity Server's registry offline, directly on the configured store
+    /// (no running server needed): for recovery and scripts.
+    Admin {
+        /// What to do.
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+/// `tern admin ...`: secrets are printed once, on stdout.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create a user; prints the password (a random one unless --password is given).
+    CreateUser {
+        /// The user ID: lowercase letters, digits and dashes, 3 to 36 characters.
+        user_id: String,
+        /// The password (at least 8 characters) [default: a random one, printed]
+        #[arg(long, env = "TERN_ADMIN_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        /// Primary e-mail address.
+        #[arg(long, default_value = "")]
+        email: String,
+        /// Make the user an administrator.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Create an API key and print it (the only time it is shown).
+    CreateApiKey {
+        /// Whose key: user:ID, organization:ID, application:ID or gateway:ID (a bare ID is a user).
+        #[arg(long, default_value = "user:admin")]
+        entity: String,
+        /// Name of the key.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Comma-separated rights, e.g. all or application:info,application:devices:read.
+        #[arg(long, value_delimiter = ',', default_value = "all")]
+        rights: Vec<String>,
+        /// Expiry after now, e.g. 30d or 12h [default: never]
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
+    },
+    /// Set a user's password; prints it (a random one unless --password is given).
+    SetPassword {
+        /// The user ID.
+        user_id: String,
+        /// The new password (at least 8 characters) [default: a random one, printed]
+        #[arg(long, env = "TERN_ADMIN_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
 }
 
 #[cfg(test)]

@@ -40,8 +40,16 @@ pub struct Config {
     pub store: tern_store::StoreConfig,
     /// The event bus: in-process (default) or NATS.
     pub events: tern_events::EventsConfig,
+    /// The Identity Server.
+    pub identity_server: tern_identityserver::IsConfig,
+    /// The Gateway Server.
+    pub gateway_server: tern_gatewayserver::GsConfig,
+    /// The Network Server.
+    pub network_server: tern_networkserver::NsConfig,
+    /// The Join Server.
+    pub join_server: tern_joinserver::JsConfig,
     /// The Application Server.
-    pub application_server: ApplicationServerConfig,
+    pub application_server: tern_applicationserver::AsConfig,
 }
 
 impl Default for Config {
@@ -55,7 +63,11 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             store: tern_store::StoreConfig::default(),
             events: tern_events::EventsConfig::default(),
-            application_server: ApplicationServerConfig::default(),
+            gateway_server: tern_gatewayserver::GsConfig::default(),
+            network_server: tern_networkserver::NsConfig::default(),
+            join_server: tern_joinserver::JsConfig::default(),
+            application_server: tern_applicationserver::AsConfig::default(),
+            identity_server: tern_identityserver::IsConfig::default(),
         }
     }
 }
@@ -226,18 +238,6 @@ impl ClusterConfig {
     }
 }
 
-/// The `[application-server]` section.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
-pub struct ApplicationServerConfig {
-    /// The link to the Network Server.
-    pub link: tern_applicationserver::link::LinkConfig,
-    /// An application API key with `application:link`, for an AS outside the cluster: the
-    /// link then authenticates with it instead of a cluster key.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub network_server_api_key: Option<Secret>,
-}
-
 /// A secret value: readable with [`Secret::expose`], masked in `Debug` and when serialized.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -398,6 +398,7 @@ impl Config {
         let invalid = |e: &dyn fmt::Display| ConfigError(format!("invalid configuration: {e}"));
         self.store.validate().map_err(|e| invalid(&e))?;
         self.events.validate().map_err(|e| invalid(&e))?;
+        self.identity_server.validate().map_err(|e| invalid(&e))?;
         self.cluster
             .directory()
             .validate()
@@ -460,6 +461,18 @@ fn describe(errors: figment::Error) -> ConfigError {
 pub fn to_toml(config: &Config) -> String {
     let mut shown = config.clone();
     shown.store = shown.store.masked();
+    // Key-encryption keys given in clear: show that they are set, not what they are.
+    for key in shown.network_server.key_encryption_keys.values_mut() {
+        *key = Secret::MASK.to_owned();
+    }
+    if let Some(key) = &mut shown.join_server.root_key_kek {
+        *key = Secret::MASK.to_owned();
+    }
+    for source in shown.join_server.keks.values_mut() {
+        if let tern_joinserver::KeySource::Hex(key) = source {
+            *key = Secret::MASK.to_owned();
+        }
+    }
     toml::to_string_pretty(&shown).expect("the configuration always serializes to TOML")
 }
 

@@ -20,13 +20,21 @@ use crate::shutdown::Shutdown;
 /// How often role readiness is polled for the health service between notifications.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The gRPC services of the process: the health service first, then each role's.
+/// The gRPC services of the process: the health service first, the public event stream
+/// (behind `auth`), then each role's.
 pub fn routes(
     roles: &[std::sync::Arc<dyn crate::lifecycle::RoleService>],
+    events: &tern_events::EventBus,
+    auth: &tern_cluster::auth::Authenticator,
 ) -> (Routes, HealthReporter) {
+    use tower::Layer;
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let mut builder = RoutesBuilder::default();
     builder.add_service(health_service);
+    builder.add_service(
+        auth.layer()
+            .layer(tern_events::service::EventsService::new(events.clone()).into_server()),
+    );
     for role in roles {
         role.grpc_services(&mut builder);
     }

@@ -4,6 +4,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod grpc;
@@ -12,6 +13,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod readiness;
+pub mod remote;
 pub mod rest;
 pub mod roles;
 pub mod shutdown;
@@ -63,6 +65,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             Ok(())
+        }
+        Command::Admin { command } => {
+            let (config, _) = load()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(admin::run(&config, command))
         }
         Command::Start { roles } => {
             let (config, origin) = load()?;

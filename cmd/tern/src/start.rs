@@ -41,13 +41,19 @@ pub async fn run(config: Config, origin: Origin, roles: Vec<Role>) -> anyhow::Re
     // Set when a server fails on its own, so the process stops instead of limping on.
     let server_failed = Shutdown::new();
 
-    let (routes, health) = grpc::routes(&services);
+    let (routes, health) = grpc::routes(&services, &process.events, &process.auth);
     let http_task = tokio::spawn({
-        let router = http::router(HttpState {
+        let mut router = http::router(HttpState {
             readiness: readiness.clone(),
             metrics: metrics.clone(),
             rest: RestGateway::new(routes.clone()),
         });
+        // Routes of a role that are not gRPC methods (e.g. webhook downlinks).
+        for role in &services {
+            if let Some(routes) = role.http_routes() {
+                router = router.merge(routes);
+            }
+        }
         let (shutdown, failed) = (shutdown.clone(), server_failed.clone());
         async move {
             let result = http::serve(http_listener, router, shutdown).await;

@@ -7,20 +7,26 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tern_applicationserver::ApplicationServer;
-use tern_cluster::auth::{Authenticator, CallCredentials, ClusterKeys};
+use tern_applicationserver::{ApplicationServer, AsDeps};
+use tern_cluster::auth::{
+    ApiKeyError, ApiKeyVerifier, AuthInfo, Authenticator, CallCredentials, ClusterKeys, IsAddress,
+    RemoteVerifier,
+};
 use tern_cluster::directory::{self, Peer, PeerDirectory, PeerRole};
-use tern_cluster::links::AsNs;
-use tern_cluster::links::grpc::DirectoryAsNs;
+use tern_cluster::links::grpc::{DirectoryAsNs, DirectoryGsNs};
+use tern_cluster::links::{AsJs, AsNs, GsIs, GsNs, NsGs, NsJs};
 use tern_cluster::role::{Readiness, Role, RoleService};
 use tern_events::EventBus;
-use tern_networkserver::NetworkServer;
+use tern_gatewayserver::{GatewayServer, GsDeps};
+use tern_identityserver::{IdentityServer, IsDeps};
+use tern_joinserver::{JoinServer, JsDeps};
+use tern_networkserver::{NetworkServer, NsDeps};
 use tern_store::Store;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::lifecycle::FrameRole;
 use crate::readiness::BackingService;
+use crate::remote::Remote;
 
 /// How often the store is pinged for `/readyz`.
 const STORE_PING_INTERVAL: Duration = Duration::from_secs(5);
@@ -39,6 +45,8 @@ pub struct Process {
     pub directory: Arc<dyn PeerDirectory>,
     /// This process's name in the cluster.
     pub instance_id: String,
+    /// Authenticates the callers of every gRPC service of the process.
+    pub auth: Authenticator,
 }
 
 impl Process {
@@ -96,7 +104,6 @@ pub async fn assemble(
 ) -> anyhow::Result<Process> {
     let (instance_id, address) = identity(config, grpc_addr);
     let (keys, keys_configured) = cluster_keys(config)?;
-    let auth = Authenticator::new(keys.clone());
 
     let mut backing: Vec<Arc<dyn BackingService>> = Vec::new();
     let needs_store = roles
@@ -123,28 +130,174 @@ pub async fn assemble(
     backing.push(Arc::new(DirectoryHealth(directory.clone())));
 
     let mut services: Vec<Arc<dyn RoleService>> = Vec::new();
-    let mut ns_link: Option<Arc<dyn AsNs>> = None;
-    if roles.contains(&Role::Ns) {
-        let ns = NetworkServer::new(auth.clone());
-        ns_link = Some(ns.as_link());
-        services.push(Arc::new(ns));
+    let needs = |role: Role| roles.contains(&role);
+    let need_store = || {
+        store
+            .clone()
+            .context("a role that needs the store started without one")
+    };
+    let credentials = keys.credentials();
+    // The IS first: its verifier authenticates API keys and tokens for every role here.
+    let is = if needs(Role::Is) {
+        Some(Arc::new(
+            IdentityServer::new(IsDeps {
+                config: config.identity_server.clone(),
+                store: need_store()?,
+                events: events.clone(),
+                keys: keys.clone(),
+                data_dir: config.data_dir.clone(),
+            })
+            .context("identity-server")?,
+        ))
+    } else {
+        None
+    };
+    let verifier = api_key_verifier(config, &keys, is.as_deref(), &directory);
+    let auth = match &verifier {
+        Some(verifier) => Authenticator::new(keys.clone()).with_api_key_verifier(verifier.clone()),
+        // API keys are then refused as not accepted by this server.
+        None => Authenticator::new(keys.clone()),
+    };
+    // The GS and AS check keys themselves too (Basics Station, MQTT): same answer.
+    let api_keys: Arc<dyn ApiKeyVerifier> = verifier.unwrap_or_else(|| Arc::new(NoIdentityServer));
+    if let Some(is) = &is {
+        services.push(is.clone());
     }
-    for &role in roles {
-        match role {
-            Role::Ns => {}
-            Role::As => {
-                let link = match &ns_link {
-                    Some(local) => local.clone(),
-                    None => remote_ns_link(config, &keys, keys_configured, &directory)?,
-                };
-                services.push(Arc::new(ApplicationServer::new(
-                    link,
-                    config.application_server.link.clone(),
-                    instance_id.clone(),
-                )));
-            }
-            other => services.push(Arc::new(FrameRole::new(other))),
+
+    // The JS: with no keys configured, its at-rest key and KEKs live in the data directory.
+    let js_config = config
+        .join_server
+        .clone()
+        .with_local_defaults(&config.data_dir);
+    let js = if needs(Role::Js) {
+        let js = Arc::new(
+            JoinServer::new(JsDeps {
+                config: js_config.clone(),
+                store: need_store()?,
+                events: events.clone(),
+                auth: auth.clone(),
+            })
+            .context("join-server")?,
+        );
+        services.push(js.clone());
+        Some(js)
+    } else {
+        None
+    };
+    let (ns_js, as_js): (Arc<dyn NsJs>, Arc<dyn AsJs>) = match &js {
+        Some(js) => (js.ns_link(), js.as_link()),
+        None => {
+            let remote = Remote::new(directory.clone(), credentials.clone(), PeerRole::JoinServer);
+            (remote.clone(), remote)
         }
+    };
+
+    let ns = if needs(Role::Ns) {
+        let mut ns_config = config.network_server.clone();
+        // An in-process JS wraps the network keys under its NS label: share that KEK.
+        if let Some(js) = &js {
+            share_kek(
+                js,
+                &js_config.ns_kek_label,
+                &mut ns_config.key_encryption_keys,
+            );
+        }
+        let ns = Arc::new(
+            NetworkServer::with_deps(NsDeps {
+                config: ns_config,
+                store: need_store()?,
+                events: events.clone(),
+                auth: auth.clone(),
+                js: ns_js,
+                instance_id: instance_id.clone(),
+            })
+            .context("network-server")?,
+        );
+        services.push(ns.clone());
+        Some(ns)
+    } else {
+        None
+    };
+
+    let gs = if needs(Role::Gs) {
+        // In a cluster each uplink goes to the NS owning its shard; alone, to the local NS.
+        let ns_link: Arc<dyn GsNs> = match &ns {
+            Some(ns)
+                if config.cluster.etcd.is_none() && config.cluster.network_server.is_none() =>
+            {
+                ns.gs_link()
+            }
+            local => Arc::new(DirectoryGsNs::new(
+                directory.clone(),
+                credentials.clone(),
+                local.as_ref().map(|ns| (instance_id.clone(), ns.gs_link())),
+            )),
+        };
+        let registry: Arc<dyn GsIs> = match &is {
+            Some(is) => is.gs_link(),
+            None => Remote::new(
+                directory.clone(),
+                credentials.clone(),
+                PeerRole::IdentityServer,
+            ),
+        };
+        let gs = Arc::new(GatewayServer::new(GsDeps {
+            config: config.gateway_server.clone(),
+            ns: ns_link,
+            registry,
+            api_keys: api_keys.clone(),
+            events: events.clone(),
+            instance_id: instance_id.clone(),
+            auth: auth.clone(),
+        }));
+        services.push(gs.clone());
+        Some(gs)
+    } else {
+        None
+    };
+    if let Some(ns) = &ns {
+        let gs_link: Arc<dyn NsGs> = match &gs {
+            Some(gs) => gs.ns_link(),
+            None => Remote::new(
+                directory.clone(),
+                credentials.clone(),
+                PeerRole::GatewayServer,
+            ),
+        };
+        ns.set_gateway_server(gs_link)?;
+    }
+
+    if needs(Role::As) {
+        let link = match &ns {
+            Some(ns) => ns.as_link(),
+            None => remote_ns_link(config, &keys, keys_configured, &directory)?,
+        };
+        let mut as_config = config.application_server.clone();
+        // An in-process JS wraps AppSKeys under its AS label: share that KEK (never the NS).
+        if let Some(js) = &js
+            && let Some(kek) = js.kek(&js_config.as_kek_label)
+        {
+            as_config
+                .keks
+                .entry(js_config.as_kek_label.clone())
+                .or_insert_with(|| {
+                    tern_applicationserver::Secret::try_from(hex::encode(kek.expose()))
+                        .expect("a KEK is never empty")
+                });
+        }
+        services.push(Arc::new(
+            ApplicationServer::with_deps(AsDeps {
+                config: as_config,
+                store: need_store()?,
+                events: events.clone(),
+                auth: auth.clone(),
+                ns: link,
+                js: Some(as_js),
+                api_keys: api_keys.clone(),
+                instance_id: instance_id.clone(),
+            })
+            .context("application-server")?,
+        ));
     }
     // Start order is Role::ALL order whatever order they were built in.
     services.sort_by_key(|s| s.role());
@@ -155,7 +308,54 @@ pub async fn assemble(
         events,
         directory,
         instance_id,
+        auth,
     })
+}
+
+/// Who verifies API keys and access tokens for this process: the IS of this process, else a
+/// remote IS when one is configured (static address or etcd), else nobody.
+fn api_key_verifier(
+    config: &Config,
+    keys: &ClusterKeys,
+    is: Option<&IdentityServer>,
+    directory: &Arc<dyn PeerDirectory>,
+) -> Option<Arc<dyn ApiKeyVerifier>> {
+    if let Some(is) = is {
+        return Some(is.verifier());
+    }
+    if config.cluster.identity_server.is_some() || config.cluster.etcd.is_some() {
+        info!("API keys are verified by the Identity Server in another process");
+        return Some(Arc::new(RemoteVerifier::new(
+            IsAddress::Directory(directory.clone()),
+            keys.credentials(),
+        )));
+    }
+    None
+}
+
+/// The verifier of a process that knows no Identity Server.
+#[derive(Debug)]
+struct NoIdentityServer;
+
+#[async_trait::async_trait]
+impl ApiKeyVerifier for NoIdentityServer {
+    async fn verify(&self, _api_key: &str) -> Result<AuthInfo, ApiKeyError> {
+        Err(ApiKeyError::Unavailable(
+            "no Identity Server: start `is` in this process, or set cluster.identity-server \
+             or cluster.etcd"
+                .to_owned(),
+        ))
+    }
+}
+
+/// Puts the JS's KEK `label` into an NS's key-encryption keys, unless configured there.
+fn share_kek(js: &JoinServer, label: &str, keks: &mut std::collections::BTreeMap<String, String>) {
+    if label.is_empty() || keks.contains_key(label) {
+        return;
+    }
+    if let Some(kek) = js.kek(label) {
+        keks.insert(label.to_owned(), hex::encode(kek.expose()));
+    }
 }
 
 /// The AS's link to a Network Server in another process, authenticated by the application

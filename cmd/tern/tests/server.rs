@@ -174,10 +174,16 @@ async fn json_logs_when_configured() {
     server.signal(libc::SIGTERM);
     server.wait_exit(Duration::from_secs(8)).await;
     let log = server.stderr();
-    let first = log.lines().next().unwrap();
-    let line: serde_json::Value = serde_json::from_str(first).unwrap();
-    assert_eq!(line["fields"]["message"], "tern started", "{log}");
-    assert_eq!(line["fields"]["roles"], "gs", "{log}");
+    // Every line is a JSON object; one of them announces the start.
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let started = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "tern started")
+        .unwrap_or_else(|| panic!("no start line: {log}"));
+    assert_eq!(started["fields"]["roles"], "gs", "{log}");
 }
 
 #[tokio::test]

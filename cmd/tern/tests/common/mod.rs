@@ -108,6 +108,13 @@ impl Server {
             .arg(&data_dir)
             .env("TERN_HTTP__LISTEN", any.to_string())
             .env("TERN_GRPC__LISTEN", any.to_string())
+            // The gateway and MQTT listeners too: tests run in parallel.
+            .env("TERN_GATEWAY_SERVER__UDP__LISTEN", any.to_string())
+            .env(
+                "TERN_GATEWAY_SERVER__BASIC_STATION__LISTEN",
+                any.to_string(),
+            )
+            .env("TERN_APPLICATION_SERVER__MQTT__LISTEN", any.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in env {
