@@ -75,9 +75,9 @@ fn channel(server: &Server, key: &str) -> (Channel, CallCredentials) {
     (channel, CallCredentials::api_key(key).unwrap())
 }
 
-/// Registers the application, its formatter, three gateways, the device in every registry,
-/// and an application API key for MQTT; returns that key.
-async fn provision(server: &Server, admin_key: &str) -> String {
+/// Registers the application, three gateways, the device in every registry, and an
+/// application API key for MQTT (and `application:link` when `link`); returns that key.
+async fn provision(server: &Server, admin_key: &str, link: bool) -> String {
     let (ch, creds) = channel(server, admin_key);
     let app_ids = v3::ApplicationIdentifiers {
         application_id: APP.into(),
@@ -113,18 +113,6 @@ async fn provision(server: &Server, admin_key: &str) -> String {
             .await
             .unwrap();
     }
-    v3::as_formatters_client::AsFormattersClient::new(authed(&ch))
-        .set_application_formatters(v3::ApplicationFormatters {
-            application_ids: Some(app_ids.clone()),
-            formatters: Some(v3::MessagePayloadFormatters {
-                up_formatter: v3::PayloadFormatter::FormatterJavascript as i32,
-                up_formatter_parameter: DECODER.into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
-
     // The device: registry in the IS, root key in the JS, MAC settings in the NS.
     let ids = v3::EndDeviceIdentifiers {
         application_ids: Some(app_ids.clone()),
@@ -187,10 +175,14 @@ async fn provision(server: &Server, admin_key: &str) -> String {
                 ids: Some(v3::entity_identifiers::Ids::ApplicationIds(app_ids)),
             }),
             name: "mqtt".into(),
-            rights: vec![
-                v3::Right::ApplicationTrafficRead as i32,
-                v3::Right::ApplicationTrafficDownWrite as i32,
-            ],
+            rights: [
+                v3::Right::ApplicationTrafficRead,
+                v3::Right::ApplicationTrafficDownWrite,
+            ]
+            .into_iter()
+            .chain(link.then_some(v3::Right::ApplicationLink))
+            .map(|r| r as i32)
+            .collect(),
             expires_at: None,
         })
         .await
@@ -199,33 +191,97 @@ async fn provision(server: &Server, admin_key: &str) -> String {
     key.key
 }
 
-/// `mosquitto_sub` printing `topic payload` lines until it has `count` messages.
-fn subscribe(mqtt: SocketAddr, key: &str, topic: &str, count: usize) -> Child {
-    Command::new("mosquitto_sub")
-        .args(["-h", &mqtt.ip().to_string(), "-p", &mqtt.port().to_string()])
-        .args(["-u", APP, "-P", key, "-t", topic, "-v", "-q", "1"])
-        .args(["-C", &count.to_string(), "-W", "30"])
-        // Protocol trace on stdout too, shown when the test fails; messages start with `v3/`.
-        .arg("-d")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_sub (Debian package mosquitto-clients) is installed")
+/// Sets the application's uplink formatter on the AS of `server`.
+async fn set_formatter(server: &Server, admin_key: &str) {
+    let (ch, creds) = channel(server, admin_key);
+    let app_ids = v3::ApplicationIdentifiers {
+        application_id: APP.into(),
+    };
+    v3::as_formatters_client::AsFormattersClient::new(InterceptedService::new(ch, creds))
+        .set_application_formatters(v3::ApplicationFormatters {
+            application_ids: Some(app_ids.clone()),
+            formatters: Some(v3::MessagePayloadFormatters {
+                up_formatter: v3::PayloadFormatter::FormatterJavascript as i32,
+                up_formatter_parameter: DECODER.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
 }
 
-/// The JSON payloads of the messages `mosquitto_sub -v` printed; shows the server's log when
-/// it did not get them all.
-fn messages(child: Child, server: &Server) -> Vec<serde_json::Value> {
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+/// A running `mosquitto_sub` printing `topic payload` lines until it has its messages; with
+/// `-d`, its protocol trace too (shown when a test fails).
+struct Subscriber {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+/// Subscribes to `topic` for `count` messages and returns once the broker granted the
+/// subscription, so that nothing published afterwards is missed.
+fn subscribe(mqtt: SocketAddr, key: &str, topic: &str, count: usize) -> Subscriber {
+    use std::io::BufRead;
+    // Line-buffered (coreutils `stdbuf`): a pipe would hold the trace back until exit.
+    let mut child = Command::new("stdbuf")
+        .args(["-oL", "mosquitto_sub"])
+        .args(["-h", &mqtt.ip().to_string(), "-p", &mqtt.port().to_string()])
+        .args(["-u", APP, "-P", key, "-t", topic, "-v", "-q", "1", "-d"])
+        .args(["-C", &count.to_string(), "-W", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub (Debian package mosquitto-clients) is installed");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn({
+        let lines = lines.clone();
+        move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line);
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.starts_with("Subscribed (mid"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "mosquitto_sub did not subscribe: {:?}",
+            lines.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Subscriber {
+        child,
+        lines,
+        reader,
+    }
+}
+
+/// The JSON payloads of the messages `mosquitto_sub -v` printed; shows its trace and the
+/// servers' logs when it did not get them all.
+fn messages(mut sub: Subscriber, servers: &[&Server]) -> Vec<serde_json::Value> {
+    let status = sub.child.wait().unwrap();
+    sub.reader.join().unwrap();
+    let lines = sub.lines.lock().unwrap().clone();
     assert!(
-        out.status.success(),
-        "mosquitto_sub: {}{stdout}\n--- tern's log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        server.log()
+        status.success(),
+        "mosquitto_sub: {status}\n{}\n--- tern's logs:\n{}",
+        lines.join("\n"),
+        servers
+            .iter()
+            .map(|s| s.log())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
     );
-    stdout
-        .lines()
+    lines
+        .iter()
         .filter(|l| l.starts_with("v3/"))
         .map(|l| {
             let (_, json) = l.split_once(' ').unwrap();
@@ -234,23 +290,14 @@ fn messages(child: Child, server: &Server) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn otaa_join_uplinks_through_three_gateways_and_an_mqtt_downlink() {
-    let mut server = Server::start(
-        "e2e",
-        &[],
-        &[
-            // Shorter than the default window only to keep the test quick.
-            ("TERN_NETWORK_SERVER__DEDUP_WINDOW", "100ms"),
-            ("RUST_LOG", "info"),
-        ],
-    );
-    server.wait_ready().await;
-    let udp = logged_addr(&server, "gateway listeners bound", "udp");
-    let mqtt = logged_addr(&server, "MQTT server listening", "addr");
-    let admin_key = bootstrap_value(&server, "api-key");
-    let app_key = provision(&server, &admin_key).await;
-
+/// Joins the device through three simulated gateways on the GS of `gs`, sends ten uplinks
+/// heard by all three and checks them on the MQTT server of `asrv`, then pushes a downlink
+/// there and checks that the device receives it in RX1 and the application hears `down/sent`.
+/// Returns the joined device.
+async fn traffic(gs: &Server, asrv: &Server, app_key: &str) -> Device {
+    let udp = logged_addr(gs, "gateway listeners bound", "udp");
+    let mqtt = logged_addr(asrv, "MQTT server listening", "addr");
+    let app_key = app_key.to_owned();
     let mut gateways = Vec::new();
     for eui in GATEWAYS {
         let udp = SocketAddr::from(([127, 0, 0, 1], udp.port()));
@@ -287,7 +334,6 @@ async fn otaa_join_uplinks_through_three_gateways_and_an_mqtt_downlink() {
 
     // Ten uplinks, each heard by three gateways: ten messages with three rx_metadata each.
     let ups = subscribe(mqtt, &app_key, &format!("v3/{APP}/devices/+/up"), 10);
-    tokio::time::sleep(Duration::from_millis(500)).await; // mosquitto_sub connects
     for n in 0..10u16 {
         let celsius = 2000 + n;
         let frame = device
@@ -302,14 +348,14 @@ async fn otaa_join_uplinks_through_three_gateways_and_an_mqtt_downlink() {
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    let (_, metrics) = common::get(server.http, "/metrics").await;
+    let (_, metrics) = common::get(gs.http, "/metrics").await;
     let counters: String = metrics
         .lines()
         .filter(|l| !l.starts_with('#') && (l.contains("_total") || l.contains("drop")))
         .collect::<Vec<_>>()
         .join("\n");
     eprintln!("metrics after the uplinks:\n{counters}");
-    let received = messages(ups, &server);
+    let received = messages(ups, &[gs, asrv]);
     assert_eq!(received.len(), 10, "{received:#?}");
     for (n, msg) in received.iter().enumerate() {
         let ids = &msg["end_device_ids"];
@@ -332,7 +378,6 @@ async fn otaa_join_uplinks_through_three_gateways_and_an_mqtt_downlink() {
         &format!("v3/{APP}/devices/{DEV}/down/sent"),
         1,
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let push = Command::new("mosquitto_pub")
         .args(["-h", &mqtt.ip().to_string(), "-p", &mqtt.port().to_string()])
         .args(["-u", APP, "-P", &app_key, "-q", "1"])
@@ -344,7 +389,25 @@ async fn otaa_join_uplinks_through_three_gateways_and_an_mqtt_downlink() {
         .output()
         .unwrap();
     assert!(push.status.success(), "{push:?}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The AS encrypts it and queues it at the NS; wait until the queue shows it.
+    let (ch, creds) = channel(asrv, &app_key);
+    let mut queue = v3::app_as_client::AppAsClient::new(InterceptedService::new(ch, creds));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = queue
+            .downlink_queue_list(v3::EndDeviceIdentifiers::new(APP, DEV))
+            .await
+            .unwrap()
+            .into_inner();
+        if !listed.downlinks.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pushed downlink was not queued"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let frame = device
         .uplink(&Uplink {
             f_port: Some(2),
@@ -364,7 +427,107 @@ async fn otaa_join_uplinks_through_three_gateways_and_an_mqtt_downlink() {
     let received = device.downlink(&downlink.payload).unwrap();
     assert_eq!(received.f_port, Some(3));
     assert_eq!(received.payload, vec![1, 2, 3]);
-    let sent = messages(sent, &server);
+    let sent = messages(sent, &[gs, asrv]);
     assert_eq!(sent[0]["end_device_ids"]["device_id"], DEV, "{sent:?}");
     assert_eq!(session.dev_addr, device.session().unwrap().dev_addr);
+    device
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn otaa_join_uplinks_through_three_gateways_and_an_mqtt_downlink() {
+    let mut server = Server::start(
+        "e2e",
+        &[],
+        &[
+            // Shorter than the default window only to keep the test quick.
+            ("TERN_NETWORK_SERVER__DEDUP_WINDOW", "100ms"),
+            ("RUST_LOG", "info"),
+        ],
+    );
+    server.wait_ready().await;
+    let admin_key = bootstrap_value(&server, "api-key");
+    let app_key = provision(&server, &admin_key, false).await;
+    set_formatter(&server, &admin_key).await;
+    traffic(&server, &server, &app_key).await;
+}
+
+/// Every file under `dir`, recursively.
+fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn external_application_server_links_with_an_api_key_and_keeps_the_app_s_key() {
+    // The AS operator's key-encryption key: the JS wraps AppSKeys under it, the NS never has it.
+    const AS_KEK: &str = "00112233445566778899AABBCCDDEEFF";
+    let dir = common::temp_dir("split-config");
+    let network = dir.join("network.toml");
+    std::fs::write(
+        &network,
+        format!(
+            "[join-server]\nas-kek-label = \"as:operator-b\"\n\
+             [join-server.keks]\n\"as:operator-b\" = \"{AS_KEK}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut network = Server::start(
+        "split-network",
+        &["is", "gs", "ns", "js"],
+        &[
+            ("TERN_CONFIG", network.to_str().unwrap()),
+            ("TERN_NETWORK_SERVER__DEDUP_WINDOW", "100ms"),
+        ],
+    );
+    network.wait_ready().await;
+    let admin_key = bootstrap_value(&network, "api-key");
+    let app_key = provision(&network, &admin_key, true).await;
+
+    // The other operator's AS: no cluster key, only the application's API key.
+    let external = dir.join("external.toml");
+    let grpc = format!("http://{}", network.grpc);
+    std::fs::write(
+        &external,
+        format!(
+            "[cluster]\nnetwork-server = \"{grpc}\"\nidentity-server = \"{grpc}\"\n\
+             [application-server]\nkek-label = \"as:operator-b\"\n\
+             network-server-api-key = \"{app_key}\"\n\
+             [application-server.keks]\n\"as:operator-b\" = \"{AS_KEK}\"\n\
+             [application-server.link]\napplications = [\"{APP}\"]\n"
+        ),
+    )
+    .unwrap();
+    let mut application = Server::start(
+        "split-as",
+        &["as"],
+        &[("TERN_CONFIG", external.to_str().unwrap())],
+    );
+    application.wait_ready().await;
+    set_formatter(&application, &admin_key).await;
+
+    let device = traffic(&network, &application, &app_key).await;
+
+    // The network's data (store, key files) never holds the clear AppSKey.
+    let app_s_key = device.session().unwrap().keys.app_s_key().0;
+    let hex_upper = hex::encode_upper(app_s_key);
+    let hex_lower = hex::encode(app_s_key);
+    for file in files(&network.data_dir) {
+        let bytes = std::fs::read(&file).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !bytes.windows(16).any(|w| w == app_s_key)
+                && !text.contains(&hex_upper)
+                && !text.contains(&hex_lower),
+            "{} holds the clear AppSKey",
+            file.display()
+        );
+    }
 }
