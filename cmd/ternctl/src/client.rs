@@ -12,7 +12,9 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 use tern_api::v3::application_registry_client::ApplicationRegistryClient;
+use tern_api::v3::application_webhook_registry_client::ApplicationWebhookRegistryClient;
 use tern_api::v3::as_end_device_registry_client::AsEndDeviceRegistryClient;
+use tern_api::v3::as_formatters_client::AsFormattersClient;
 use tern_api::v3::auth_client::AuthClient;
 use tern_api::v3::end_device_registry_client::EndDeviceRegistryClient;
 use tern_api::v3::entity_access_client::EntityAccessClient;
@@ -173,6 +175,14 @@ impl Api {
     /// The NS device registry at `address` (empty for the default server).
     pub fn ns_devices(&self, address: &str) -> Result<NsEndDeviceRegistryClient<Authed>> {
         Ok(NsEndDeviceRegistryClient::new(self.channel_for(address)?))
+    }
+    /// The Application Server's payload formatters.
+    pub fn formatters(&self) -> AsFormattersClient<Authed> {
+        AsFormattersClient::new(self.default_channel())
+    }
+    /// The Application Server's webhooks.
+    pub fn webhooks(&self) -> ApplicationWebhookRegistryClient<Authed> {
+        ApplicationWebhookRegistryClient::new(self.default_channel())
     }
     /// The AS device registry at `address` (empty for the default server).
     pub fn as_devices(&self, address: &str) -> Result<AsEndDeviceRegistryClient<Authed>> {

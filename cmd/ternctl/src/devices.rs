@@ -24,6 +24,8 @@ use crate::output;
 /// `ternctl end-devices` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum DevicesCommand {
+    /// Decode a payload with the device's uplink formatter (or one to try), without traffic.
+    TestFormatter(crate::appserver::TestFormatterArgs),
     /// Create a device: registry in the IS, root keys in the JS, MAC settings and ABP network
     /// session in the NS, ABP AppSKey in the AS; undone everywhere if one step fails.
     Create(Box<CreateArgs>),
@@ -1143,6 +1145,7 @@ async fn get_device(
 /// Runs an `end-devices` subcommand.
 pub async fn run(ctx: &Ctx, cmd: DevicesCommand) -> Result<()> {
     match cmd {
+        DevicesCommand::TestFormatter(args) => crate::appserver::test_formatter(ctx, args).await?,
         DevicesCommand::Create(args) => {
             let mut spec = build_spec(&args.application_id, &args.raw()).map_err(flag_error)?;
             check_id(&args.application_id)

@@ -990,6 +990,12 @@ pub enum ApplicationsCommand {
     /// The application's API keys.
     #[command(subcommand)]
     ApiKeys(ApiKeysCommand),
+    /// The application's default payload formatters (Application Server).
+    #[command(subcommand)]
+    Formatters(crate::appserver::FormattersCommand),
+    /// The application's webhooks (Application Server).
+    #[command(subcommand)]
+    Webhooks(crate::appserver::WebhooksCommand),
 }
 
 /// An application's writable fields.
@@ -1167,6 +1173,8 @@ pub async fn applications(ctx: &Ctx, cmd: ApplicationsCommand) -> Result<()> {
             collaborators(ctx, EntityKind::Application, cmd).await?;
         }
         ApplicationsCommand::ApiKeys(cmd) => api_keys(ctx, EntityKind::Application, cmd).await?,
+        ApplicationsCommand::Formatters(cmd) => crate::appserver::formatters(ctx, cmd).await?,
+        ApplicationsCommand::Webhooks(cmd) => crate::appserver::webhooks(ctx, cmd).await?,
     }
     Ok(())
 }

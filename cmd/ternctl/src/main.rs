@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+mod appserver;
 mod client;
 mod config;
 mod devices;

@@ -61,6 +61,11 @@ fn started_grpc(line: &str) -> Option<String> {
 }
 
 fn start_tern(dir: &Path) -> Tern {
+    start_tern_with(dir, &["is"], "")
+}
+
+/// `tern start <roles>` with the test configuration plus `extra` TOML.
+fn start_tern_with(dir: &Path, roles: &[&str], extra: &str) -> Tern {
     let data_dir = dir.join("data");
     let config = dir.join("tern.toml");
     // Cheap hashes keep 1,000 authenticated calls fast; short access tokens exercise refresh.
@@ -70,14 +75,17 @@ fn start_tern(dir: &Path) -> Tern {
             "data-dir = {:?}\n\
              [http]\nlisten = \"127.0.0.1:0\"\n\
              [grpc]\nlisten = \"127.0.0.1:0\"\n\
-             [identity-server]\nhash-memory-kib = 1024\nhash-iterations = 1\naccess-token-ttl = \"20s\"\n",
+             [identity-server]\nhash-memory-kib = 1024\nhash-iterations = 1\naccess-token-ttl = \"20s\"\n\
+             {extra}",
             data_dir.display().to_string()
         ),
     )
     .unwrap();
     let mut cmd = Command::new(tern_binary());
     cmd.current_dir(dir)
-        .args(["start", "is", "--config"])
+        .arg("start")
+        .args(roles)
+        .arg("--config")
         .arg(&config)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -510,4 +518,153 @@ fn completion_scripts_are_printed() {
         assert!(out.contains("end-devices"), "{shell}");
     }
     assert_eq!(cli.run(&["completion", "tcsh"]).status.code(), Some(2));
+}
+
+/// Against every role of one `tern start`: a device created in the IS, JS and NS, read back
+/// with its root key; the application's formatters set from a file and tried on a payload;
+/// webhooks set, listed and deleted.
+#[test]
+fn ternctl_drives_the_application_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let tern = start_tern_with(
+        dir.path(),
+        &[],
+        "[gateway-server.udp]\nlisten = \"127.0.0.1:0\"\n\
+         [gateway-server.basic-station]\nlisten = \"127.0.0.1:0\"\n\
+         [application-server.mqtt]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let (admin_key, _) = bootstrap(dir.path());
+    let cli = Cli {
+        home: dir.path().join("home"),
+    };
+    cli.ok(&[
+        "login",
+        "--server",
+        &format!("http://{}", tern.grpc),
+        "--api-key",
+        &admin_key,
+    ]);
+    cli.ok(&["applications", "create", "app-as"]);
+    cli.ok(&[
+        "end-devices",
+        "create",
+        "app-as",
+        "dev-as",
+        "--dev-eui",
+        "70B3D57ED0000101",
+        "--join-eui",
+        "70B3D57ED0000000",
+        "--frequency-plan",
+        "EU_863_870",
+        "--lorawan-version",
+        "1.0.3",
+        "--lorawan-phy-version",
+        "RP002-1.0.3",
+        "--app-key",
+        "2B7E151628AED2A6ABF7158809CF4F3C",
+    ]);
+    let dev = cli.json(&["end-devices", "get", "app-as", "dev-as", "--show-keys"]);
+    assert_eq!(
+        dev["root_keys"]["app_key"]["key"], "2B7E151628AED2A6ABF7158809CF4F3C",
+        "{dev}"
+    );
+
+    // A JavaScript formatter from a file, then a payload decoded by it.
+    let script = dir.path().join("decoder.js");
+    std::fs::write(
+        &script,
+        "function decodeUplink(input) {\n  return { data: { celsius: ((input.bytes[0] << 8) | \
+         input.bytes[1]) / 100, port: input.fPort } };\n}\n",
+    )
+    .unwrap();
+    let set = cli.json(&[
+        "applications",
+        "formatters",
+        "set",
+        "app-as",
+        "--up-formatter",
+        "javascript",
+        "--up-formatter-parameter-file",
+        script.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        set["formatters"]["up_formatter"], "FORMATTER_JAVASCRIPT",
+        "{set}"
+    );
+    let decoded = cli.json(&[
+        "end-devices",
+        "test-formatter",
+        "app-as",
+        "dev-as",
+        "--f-port",
+        "2",
+        "--bytes",
+        "07D0",
+    ]);
+    assert_eq!(decoded["decoded_payload"]["celsius"], 20.0, "{decoded}");
+    assert_eq!(
+        decoded["decoded_payload"]["port"].as_f64(),
+        Some(2.0),
+        "{decoded}"
+    );
+    // Trying CayenneLPP without setting it (Cayenne LPP documentation: 03 67 01 10 is
+    // temperature_3 = 27.2 °C).
+    let lpp = cli.json(&[
+        "end-devices",
+        "test-formatter",
+        "app-as",
+        "dev-as",
+        "--bytes",
+        "03670110",
+        "--formatter",
+        "cayennelpp",
+    ]);
+    assert_eq!(lpp["decoded_payload"]["temperature_3"], 27.2, "{lpp}");
+    // A script is required for JavaScript: a usage error, exit 2.
+    let out = cli.run(&[
+        "applications",
+        "formatters",
+        "set",
+        "app-as",
+        "--up-formatter",
+        "javascript",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+
+    // Webhooks.
+    let hook = cli.json(&[
+        "applications",
+        "webhooks",
+        "set",
+        "app-as",
+        "my-hook",
+        "--base-url",
+        "http://127.0.0.1:9/hooks",
+        "--header",
+        "Authorization=Bearer receiver-secret",
+        "--uplink-message-path",
+        "/up",
+        "--join-accept-path",
+        "/join",
+    ]);
+    assert_eq!(hook["base_url"], "http://127.0.0.1:9/hooks", "{hook}");
+    assert_eq!(hook["uplink_message"]["path"], "/up", "{hook}");
+    let list = cli.json(&["applications", "webhooks", "list", "app-as"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let got = cli.json(&["applications", "webhooks", "get", "app-as", "my-hook"]);
+    assert_eq!(got["join_accept"]["path"], "/join", "{got}");
+    let out = cli.run(&[
+        "applications",
+        "webhooks",
+        "set",
+        "app-as",
+        "bad-hook",
+        "--base-url",
+        "not a url",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("base_url"), "{}", stderr(&out));
+    cli.ok(&["applications", "webhooks", "delete", "app-as", "my-hook"]);
+    let list = cli.json(&["applications", "webhooks", "list", "app-as"]);
+    assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
 }
