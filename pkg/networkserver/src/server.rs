@@ -1034,6 +1034,33 @@ impl Core {
                 .inc();
             return false;
         }
+        // The counters this downlink uses reach the store before it can go on air: after a
+        // crash the NS must not hand the same FCntDown out again. A downlink that is then not
+        // sent leaves a gap, which devices accept.
+        let mut reserved = dev.state.clone();
+        reserved.next_n_f_cnt_down = reserved.next_n_f_cnt_down.max(next.state.next_n_f_cnt_down);
+        reserved.next_a_f_cnt_down_air = reserved
+            .next_a_f_cnt_down_air
+            .max(next.state.next_a_f_cnt_down_air);
+        if reserved != dev.state {
+            let mut record = dev.record.clone();
+            record.state = reserved.encode_to_vec();
+            match self.store.record_uplink(&record, dev.version).await {
+                Ok(version) => {
+                    dev.record = record;
+                    dev.state = reserved;
+                    dev.version = version;
+                }
+                Err(e) => {
+                    self.metrics
+                        .downlinks
+                        .get_or_create(&[("outcome", "store_error")])
+                        .inc();
+                    warn!(error = %e, "cannot reserve the downlink counter: the downlink is not sent");
+                    return false;
+                }
+            }
+        }
         // `<instance>/…`: a cluster routes the TX acknowledgment back to this instance.
         let downlink_id = format!("{}/{:08x}", self.instance_id, self.random_u32());
         let message = v3::DownlinkMessage {

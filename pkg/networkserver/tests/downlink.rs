@@ -452,3 +452,40 @@ async fn a_failed_rx1_transmission_is_retried_in_rx2_then_reported() {
             .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
+
+/// The FCntDown of a downlink is durable before the GS may transmit it: at the moment the GS
+/// is asked, the store already holds a next counter beyond the frame's, so a crash right
+/// after transmission cannot hand the same counter out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downlink_counter_is_stored_before_the_gateway_gets_the_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(dir.path(), Arc::new(NoJs), config()).await;
+    *h.gs.store.lock().unwrap() = Some(h.store.clone());
+    h.abp("app-1", "dev-1", ADDR, NWK, v3::MacVersion::MacV103, 0)
+        .await;
+    let mut as_ = h.link().await;
+    as_.queue(
+        "app-1",
+        "dev-1",
+        false,
+        vec![item(0, false, b"one"), item(1, false, b"two")],
+    )
+    .await;
+    uplink(&h, 1, false, FCtrl::default(), &[]).await;
+    uplink(&h, 2, false, FCtrl::default(), &[]).await;
+    let sent = h.gs.take();
+    let stored = h.gs.stored_n_f_cnt_down.lock().unwrap().clone();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    for (downlink, stored) in sent.iter().zip(stored) {
+        let f_cnt = u32::from(
+            PhyPayload::decode(&downlink.raw_payload)
+                .unwrap()
+                .f_cnt()
+                .unwrap(),
+        );
+        assert!(
+            stored > f_cnt,
+            "FCntDown {f_cnt} went to the GS while the store said the next is {stored}"
+        );
+    }
+}

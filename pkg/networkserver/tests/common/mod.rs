@@ -27,6 +27,9 @@ use tokio_stream::wrappers::ReceiverStream;
 pub struct RecordingGs {
     pub downlinks: Mutex<Vec<v3::DownlinkMessage>>,
     pub fail: Mutex<bool>,
+    /// When set, each schedule also records the device's NFCntDown as stored at that moment.
+    pub store: Mutex<Option<Store>>,
+    pub stored_n_f_cnt_down: Mutex<Vec<u32>>,
 }
 
 #[async_trait]
@@ -35,6 +38,24 @@ impl NsGs for RecordingGs {
         &self,
         downlink: v3::DownlinkMessage,
     ) -> LinkResult<v3::ScheduleDownlinkResponse> {
+        let store = self.store.lock().unwrap().clone();
+        if let (Some(store), Some(ids)) = (store, &downlink.end_device_ids) {
+            use prost::Message;
+            use tern_store::NsDeviceStore;
+            let app = ids.application_ids.as_ref().unwrap().application_id.clone();
+            let record = store
+                .get_ns_device(&app, &ids.device_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .value;
+            let state =
+                tern_networkserver::devices::NsState::decode(record.state.as_slice()).unwrap();
+            self.stored_n_f_cnt_down
+                .lock()
+                .unwrap()
+                .push(state.next_n_f_cnt_down);
+        }
         self.downlinks.lock().unwrap().push(downlink);
         if *self.fail.lock().unwrap() {
             return Ok(v3::ScheduleDownlinkResponse {
