@@ -38,118 +38,21 @@ impl EntityKind {
     }
 }
 
-/// Every right with its canonical name; `all` is the global right.
-const NAMES: &[(Right, &str)] = &[
-    (Right::UserInfo, "user:info"),
-    (Right::UserSettingsBasic, "user:settings:basic"),
-    (Right::UserSettingsApiKeys, "user:settings:api-keys"),
-    (Right::UserDelete, "user:delete"),
-    (Right::UserApplicationsCreate, "user:applications:create"),
-    (Right::UserApplicationsList, "user:applications:list"),
-    (Right::UserGatewaysCreate, "user:gateways:create"),
-    (Right::UserGatewaysList, "user:gateways:list"),
-    (Right::UserOrganizationsCreate, "user:organizations:create"),
-    (Right::UserOrganizationsList, "user:organizations:list"),
-    (Right::UserAll, "user:all"),
-    (Right::OrganizationInfo, "organization:info"),
-    (
-        Right::OrganizationSettingsBasic,
-        "organization:settings:basic",
-    ),
-    (
-        Right::OrganizationSettingsApiKeys,
-        "organization:settings:api-keys",
-    ),
-    (
-        Right::OrganizationSettingsMembers,
-        "organization:settings:members",
-    ),
-    (Right::OrganizationDelete, "organization:delete"),
-    (
-        Right::OrganizationApplicationsCreate,
-        "organization:applications:create",
-    ),
-    (
-        Right::OrganizationApplicationsList,
-        "organization:applications:list",
-    ),
-    (
-        Right::OrganizationGatewaysCreate,
-        "organization:gateways:create",
-    ),
-    (
-        Right::OrganizationGatewaysList,
-        "organization:gateways:list",
-    ),
-    (Right::OrganizationAll, "organization:all"),
-    (Right::ApplicationInfo, "application:info"),
-    (
-        Right::ApplicationSettingsBasic,
-        "application:settings:basic",
-    ),
-    (
-        Right::ApplicationSettingsApiKeys,
-        "application:settings:api-keys",
-    ),
-    (
-        Right::ApplicationSettingsCollaborators,
-        "application:settings:collaborators",
-    ),
-    (
-        Right::ApplicationSettingsPackages,
-        "application:settings:packages",
-    ),
-    (Right::ApplicationDelete, "application:delete"),
-    (Right::ApplicationDevicesRead, "application:devices:read"),
-    (Right::ApplicationDevicesWrite, "application:devices:write"),
-    (
-        Right::ApplicationDevicesReadKeys,
-        "application:devices:read-keys",
-    ),
-    (
-        Right::ApplicationDevicesWriteKeys,
-        "application:devices:write-keys",
-    ),
-    (Right::ApplicationTrafficRead, "application:traffic:read"),
-    (
-        Right::ApplicationTrafficDownWrite,
-        "application:traffic:down:write",
-    ),
-    (Right::ApplicationLink, "application:link"),
-    (Right::ApplicationAll, "application:all"),
-    (Right::GatewayInfo, "gateway:info"),
-    (Right::GatewaySettingsBasic, "gateway:settings:basic"),
-    (Right::GatewaySettingsApiKeys, "gateway:settings:api-keys"),
-    (
-        Right::GatewaySettingsCollaborators,
-        "gateway:settings:collaborators",
-    ),
-    (Right::GatewayDelete, "gateway:delete"),
-    (Right::GatewayTrafficRead, "gateway:traffic:read"),
-    (Right::GatewayLink, "gateway:link"),
-    (Right::GatewayStatusRead, "gateway:status:read"),
-    (Right::GatewayLocationRead, "gateway:location:read"),
-    (Right::GatewayAll, "gateway:all"),
-    (Right::All, "all"),
-];
-
-/// Shorter spellings the issue uses, by canonical name.
+/// Longer spellings operators also write, by the name the server uses.
 const ALIASES: &[(&str, &str)] = &[
-    ("user:settings", "user:settings:basic"),
-    ("organization:settings", "organization:settings:basic"),
+    ("user:settings:basic", "user:settings"),
+    ("organization:settings:basic", "organization:settings"),
     ("organization:members", "organization:settings:members"),
-    ("application:settings", "application:settings:basic"),
-    ("gateway:settings", "gateway:settings:basic"),
-    ("gateway:status", "gateway:status:read"),
+    ("application:settings:basic", "application:settings"),
+    ("gateway:settings:basic", "gateway:settings"),
+    ("gateway:status:read", "gateway:status"),
     ("gateway:location", "gateway:location:read"),
 ];
 
 /// The canonical name of a right (`application:traffic:read`).
 pub fn name(right: Right) -> String {
-    NAMES
-        .iter()
-        .find(|(r, _)| *r == right)
-        .map(|(_, n)| (*n).to_owned())
+    tern_api::rights::name(right)
+        .map(str::to_owned)
         .unwrap_or_else(|| right.as_str_name().to_owned())
 }
 
@@ -158,7 +61,7 @@ fn lookup(full: &str) -> Option<Right> {
         .iter()
         .find(|(alias, _)| *alias == full)
         .map_or(full, |(_, canonical)| canonical);
-    NAMES.iter().find(|(_, n)| *n == full).map(|(r, _)| *r)
+    tern_api::rights::from_str(full)
 }
 
 /// Parses one right: a name relative to `kind` (`traffic:read`, `all` is `<kind>:all`), a full
@@ -177,7 +80,7 @@ pub fn parse_one(kind: EntityKind, text: &str) -> Result<Right, String> {
         return Ok(r);
     }
     let prefix = format!("{}:", kind.prefix());
-    let valid: Vec<&str> = NAMES
+    let valid: Vec<&str> = tern_api::rights::RIGHTS
         .iter()
         .filter_map(|(_, n)| n.strip_prefix(&prefix))
         .collect();
@@ -291,7 +194,7 @@ mod tests {
 
     #[test]
     fn every_right_has_a_name_that_parses_back() {
-        for (right, n) in NAMES {
+        for (right, n) in tern_api::rights::RIGHTS {
             assert_eq!(name(*right), *n);
             if *right == Right::All {
                 // `all` is relative: the global right is written RIGHT_ALL.

@@ -20,6 +20,7 @@ pub mod convert;
 pub mod events;
 pub mod http;
 pub mod rest;
+pub mod rights;
 
 pub use field_mask::FieldMask;
 pub use timestamp::Timestamp;
