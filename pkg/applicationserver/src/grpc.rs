@@ -16,13 +16,13 @@ use crate::mqtt::{RIGHT_TRAFFIC_DOWN_WRITE, RIGHT_TRAFFIC_READ};
 /// Reading an application's devices.
 pub const RIGHT_DEVICES_READ: &str = "application:devices:read";
 /// Reading the keys of an application's devices.
-pub const RIGHT_DEVICES_READ_KEYS: &str = "application:devices:read:keys";
+pub const RIGHT_DEVICES_READ_KEYS: &str = "application:devices:read-keys";
 /// Writing an application's devices.
 pub const RIGHT_DEVICES_WRITE: &str = "application:devices:write";
 /// Reading an application.
 pub const RIGHT_APPLICATION_INFO: &str = "application:info";
 /// Changing an application's settings.
-pub const RIGHT_SETTINGS_BASIC: &str = "application:settings:basic";
+pub const RIGHT_SETTINGS_BASIC: &str = "application:settings";
 
 /// The gRPC services, sharing the AS core; they answer `UNAVAILABLE` until the role started.
 #[derive(Clone)]
@@ -429,5 +429,27 @@ impl AsApi {
                     self.clone(),
                 )),
         );
+    }
+}
+
+#[cfg(test)]
+mod rights_tests {
+    use super::*;
+
+    /// Every right the AS requires is one the Identity Server can grant (a misspelt one would
+    /// refuse every key but an admin's).
+    #[test]
+    fn required_rights_are_granted_rights() {
+        for right in [
+            RIGHT_DEVICES_READ,
+            RIGHT_DEVICES_READ_KEYS,
+            RIGHT_DEVICES_WRITE,
+            RIGHT_APPLICATION_INFO,
+            RIGHT_SETTINGS_BASIC,
+            RIGHT_TRAFFIC_READ,
+            RIGHT_TRAFFIC_DOWN_WRITE,
+        ] {
+            assert!(tern_api::rights::from_str(right).is_some(), "{right}");
+        }
     }
 }

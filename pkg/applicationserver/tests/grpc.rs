@@ -14,10 +14,10 @@ use tonic::transport::server::TcpIncoming;
 fn keys() -> Keys {
     let mut k = Keys::default();
     let all = [
-        "application:settings:basic",
+        "application:settings",
         "application:info",
         "application:devices:read",
-        "application:devices:read:keys",
+        "application:devices:read-keys",
         "application:devices:write",
         "application:traffic:read",
         "application:traffic:down:write",
