@@ -50,7 +50,8 @@ FUZZ_SECONDS ?= 30
 fuzz-smoke:
 	scripts/fuzz-smoke.sh $(FUZZ_SECONDS)
 
-## End-to-end: every role in one `tern` process, driven by simulated UDP gateways and a
-## device, checked through the real MQTT clients (also part of `make test`).
+## End-to-end scenarios (e2e/): real `tern` processes driven by simulated gateways and
+## devices, checked through real clients (also part of `make test`).
 e2e: tools
-	$(CARGO) test -p tern --test e2e
+	$(CARGO) build -p tern -p ternctl
+	$(CARGO) test -p tern-e2e

@@ -1,15 +1,9 @@
-//! The whole stack in one process, driven from outside only: `tern start` (every role,
-//! embedded store), the admin API key from the bootstrap file, registrations over gRPC,
-//! three simulated Semtech UDP gateways and a simulated LoRaWAN 1.0.3 OTAA device, and the
-//! application's view through the real `mosquitto_sub`/`mosquitto_pub` clients.
-
-mod common;
+//! The flows the scenarios share: provisioning over gRPC with the bootstrap admin key, and
+//! a device's traffic through simulated gateways checked on MQTT.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Server;
 use lorawan::{Aes128Key, Eui64};
 use tern_api::FieldMask;
 use tern_api::v3;
@@ -18,26 +12,34 @@ use tern_simulator::{Device, DeviceConfig, RxInfo, UdpGateway, UdpGatewayConfig,
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-const APP: &str = "e2e-app";
-const DEV: &str = "e2e-dev";
-const APP_KEY: &str = "2B7E151628AED2A6ABF7158809CF4F3C";
-const GATEWAYS: [[u8; 8]; 3] = [
+use crate::mqtt::{messages, publish, subscribe};
+use crate::{Server, get};
+
+/// The application of the scenarios.
+pub const APP: &str = "e2e-app";
+/// The OTAA device of the scenarios.
+pub const DEV: &str = "e2e-dev";
+/// Its AppKey.
+pub const APP_KEY: &str = "2B7E151628AED2A6ABF7158809CF4F3C";
+/// The EUIs of the three gateways that hear every uplink.
+pub const GATEWAYS: [[u8; 8]; 3] = [
     [0xB8, 0x27, 0xEB, 0xFF, 0xFE, 0x00, 0x00, 0x01],
     [0xB8, 0x27, 0xEB, 0xFF, 0xFE, 0x00, 0x00, 0x02],
     [0xB8, 0x27, 0xEB, 0xFF, 0xFE, 0x00, 0x00, 0x03],
 ];
 /// The application's uplink formatter: a codec in the style of the device repositories.
-const DECODER: &str = r#"
+pub const DECODER: &str = r#"
 function decodeUplink(input) {
   var celsius = ((input.bytes[0] << 8) | input.bytes[1]) / 100;
   return { data: { temperature: celsius, port: input.fPort }, warnings: [], errors: [] };
 }
 "#;
 
-type Authed = InterceptedService<Channel, CallCredentials>;
+/// A gRPC channel with call credentials.
+pub type Authed = InterceptedService<Channel, CallCredentials>;
 
 /// The value of `key = "…"` in the bootstrap file.
-fn bootstrap_value(server: &Server, key: &str) -> String {
+pub fn bootstrap_value(server: &Server, key: &str) -> String {
     let text = std::fs::read_to_string(server.data_dir.join("bootstrap.txt")).unwrap();
     text.lines()
         .find_map(|l| {
@@ -48,7 +50,7 @@ fn bootstrap_value(server: &Server, key: &str) -> String {
 }
 
 /// The address a log line names after `field=`.
-fn logged_addr(server: &Server, message: &str, field: &str) -> SocketAddr {
+pub fn logged_addr(server: &Server, message: &str, field: &str) -> SocketAddr {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let log = server.log();
@@ -68,7 +70,8 @@ fn logged_addr(server: &Server, message: &str, field: &str) -> SocketAddr {
     }
 }
 
-fn channel(server: &Server, key: &str) -> (Channel, CallCredentials) {
+/// A lazy gRPC channel to `server` with `key` as credentials.
+pub fn channel(server: &Server, key: &str) -> (Channel, CallCredentials) {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
         .unwrap()
         .connect_lazy();
@@ -77,7 +80,7 @@ fn channel(server: &Server, key: &str) -> (Channel, CallCredentials) {
 
 /// Registers the application, three gateways, the device in every registry, and an
 /// application API key for MQTT (and `application:link` when `link`); returns that key.
-async fn provision(server: &Server, admin_key: &str, link: bool) -> String {
+pub async fn provision(server: &Server, admin_key: &str, link: bool) -> String {
     let (ch, creds) = channel(server, admin_key);
     let app_ids = v3::ApplicationIdentifiers {
         application_id: APP.into(),
@@ -192,7 +195,7 @@ async fn provision(server: &Server, admin_key: &str, link: bool) -> String {
 }
 
 /// Sets the application's uplink formatter on the AS of `server`.
-async fn set_formatter(server: &Server, admin_key: &str) {
+pub async fn set_formatter(server: &Server, admin_key: &str) {
     let (ch, creds) = channel(server, admin_key);
     let app_ids = v3::ApplicationIdentifiers {
         application_id: APP.into(),
@@ -210,91 +213,11 @@ async fn set_formatter(server: &Server, admin_key: &str) {
         .unwrap();
 }
 
-/// A running `mosquitto_sub` printing `topic payload` lines until it has its messages; with
-/// `-d`, its protocol trace too (shown when a test fails).
-struct Subscriber {
-    child: Child,
-    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    reader: std::thread::JoinHandle<()>,
-}
-
-/// Subscribes to `topic` for `count` messages and returns once the broker granted the
-/// subscription, so that nothing published afterwards is missed.
-fn subscribe(mqtt: SocketAddr, key: &str, topic: &str, count: usize) -> Subscriber {
-    use std::io::BufRead;
-    // Line-buffered (coreutils `stdbuf`): a pipe would hold the trace back until exit.
-    let mut child = Command::new("stdbuf")
-        .args(["-oL", "mosquitto_sub"])
-        .args(["-h", &mqtt.ip().to_string(), "-p", &mqtt.port().to_string()])
-        .args(["-u", APP, "-P", key, "-t", topic, "-v", "-q", "1", "-d"])
-        .args(["-C", &count.to_string(), "-W", "30"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto_sub (Debian package mosquitto-clients) is installed");
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn({
-        let lines = lines.clone();
-        move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                lines.lock().unwrap().push(line);
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !lines
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l.starts_with("Subscribed (mid"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "mosquitto_sub did not subscribe: {:?}",
-            lines.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Subscriber {
-        child,
-        lines,
-        reader,
-    }
-}
-
-/// The JSON payloads of the messages `mosquitto_sub -v` printed; shows its trace and the
-/// servers' logs when it did not get them all.
-fn messages(mut sub: Subscriber, servers: &[&Server]) -> Vec<serde_json::Value> {
-    let status = sub.child.wait().unwrap();
-    sub.reader.join().unwrap();
-    let lines = sub.lines.lock().unwrap().clone();
-    assert!(
-        status.success(),
-        "mosquitto_sub: {status}\n{}\n--- tern's logs:\n{}",
-        lines.join("\n"),
-        servers
-            .iter()
-            .map(|s| s.log())
-            .collect::<Vec<_>>()
-            .join("\n---\n")
-    );
-    lines
-        .iter()
-        .filter(|l| l.starts_with("v3/"))
-        .map(|l| {
-            let (_, json) = l.split_once(' ').unwrap();
-            serde_json::from_str(json).unwrap()
-        })
-        .collect()
-}
-
 /// Joins the device through three simulated gateways on the GS of `gs`, sends ten uplinks
 /// heard by all three and checks them on the MQTT server of `asrv`, then pushes a downlink
 /// there and checks that the device receives it in RX1 and the application hears `down/sent`.
 /// Returns the joined device.
-async fn traffic(gs: &Server, asrv: &Server, app_key: &str) -> Device {
+pub async fn traffic(gs: &Server, asrv: &Server, app_key: &str) -> Device {
     let udp = logged_addr(gs, "gateway listeners bound", "udp");
     let mqtt = logged_addr(asrv, "MQTT server listening", "addr");
     let app_key = app_key.to_owned();
@@ -333,7 +256,7 @@ async fn traffic(gs: &Server, asrv: &Server, app_key: &str) -> Device {
     let session = device.accept_join(&accept.payload).unwrap().clone();
 
     // Ten uplinks, each heard by three gateways: ten messages with three rx_metadata each.
-    let ups = subscribe(mqtt, &app_key, &format!("v3/{APP}/devices/+/up"), 10);
+    let ups = subscribe(mqtt, APP, &app_key, &format!("v3/{APP}/devices/+/up"), 10);
     for n in 0..10u16 {
         let celsius = 2000 + n;
         let frame = device
@@ -348,7 +271,7 @@ async fn traffic(gs: &Server, asrv: &Server, app_key: &str) -> Device {
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    let (_, metrics) = common::get(gs.http, "/metrics").await;
+    let (_, metrics) = get(gs.http, "/metrics").await;
     let counters: String = metrics
         .lines()
         .filter(|l| !l.starts_with('#') && (l.contains("_total") || l.contains("drop")))
@@ -374,21 +297,18 @@ async fn traffic(gs: &Server, asrv: &Server, app_key: &str) -> Device {
     // application hears `down/sent`.
     let sent = subscribe(
         mqtt,
+        APP,
         &app_key,
         &format!("v3/{APP}/devices/{DEV}/down/sent"),
         1,
     );
-    let push = Command::new("mosquitto_pub")
-        .args(["-h", &mqtt.ip().to_string(), "-p", &mqtt.port().to_string()])
-        .args(["-u", APP, "-P", &app_key, "-q", "1"])
-        .args(["-t", &format!("v3/{APP}/devices/{DEV}/down/push")])
-        .args([
-            "-m",
-            r#"{"downlinks":[{"f_port":3,"frm_payload":"AQID","priority":"NORMAL"}]}"#,
-        ])
-        .output()
-        .unwrap();
-    assert!(push.status.success(), "{push:?}");
+    publish(
+        mqtt,
+        APP,
+        &app_key,
+        &format!("v3/{APP}/devices/{DEV}/down/push"),
+        r#"{"downlinks":[{"f_port":3,"frm_payload":"AQID","priority":"NORMAL"}]}"#,
+    );
     // The AS encrypts it and queues it at the NS; wait until the queue shows it.
     let (ch, creds) = channel(asrv, &app_key);
     let mut queue = v3::app_as_client::AppAsClient::new(InterceptedService::new(ch, creds));
@@ -433,26 +353,8 @@ async fn traffic(gs: &Server, asrv: &Server, app_key: &str) -> Device {
     device
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn otaa_join_uplinks_through_three_gateways_and_an_mqtt_downlink() {
-    let mut server = Server::start(
-        "e2e",
-        &[],
-        &[
-            // Shorter than the default window only to keep the test quick.
-            ("TERN_NETWORK_SERVER__DEDUP_WINDOW", "100ms"),
-            ("RUST_LOG", "info"),
-        ],
-    );
-    server.wait_ready().await;
-    let admin_key = bootstrap_value(&server, "api-key");
-    let app_key = provision(&server, &admin_key, false).await;
-    set_formatter(&server, &admin_key).await;
-    traffic(&server, &server, &app_key).await;
-}
-
 /// Every file under `dir`, recursively.
-fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+pub fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let path = entry.path();
@@ -463,71 +365,4 @@ fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn external_application_server_links_with_an_api_key_and_keeps_the_app_s_key() {
-    // The AS operator's key-encryption key: the JS wraps AppSKeys under it, the NS never has it.
-    const AS_KEK: &str = "00112233445566778899AABBCCDDEEFF";
-    let dir = common::temp_dir("split-config");
-    let network = dir.join("network.toml");
-    std::fs::write(
-        &network,
-        format!(
-            "[join-server]\nas-kek-label = \"as:operator-b\"\n\
-             [join-server.keks]\n\"as:operator-b\" = \"{AS_KEK}\"\n"
-        ),
-    )
-    .unwrap();
-    let mut network = Server::start(
-        "split-network",
-        &["is", "gs", "ns", "js"],
-        &[
-            ("TERN_CONFIG", network.to_str().unwrap()),
-            ("TERN_NETWORK_SERVER__DEDUP_WINDOW", "100ms"),
-        ],
-    );
-    network.wait_ready().await;
-    let admin_key = bootstrap_value(&network, "api-key");
-    let app_key = provision(&network, &admin_key, true).await;
-
-    // The other operator's AS: no cluster key, only the application's API key.
-    let external = dir.join("external.toml");
-    let grpc = format!("http://{}", network.grpc);
-    std::fs::write(
-        &external,
-        format!(
-            "[cluster]\nnetwork-server = \"{grpc}\"\nidentity-server = \"{grpc}\"\n\
-             [application-server]\nkek-label = \"as:operator-b\"\n\
-             network-server-api-key = \"{app_key}\"\n\
-             [application-server.keks]\n\"as:operator-b\" = \"{AS_KEK}\"\n\
-             [application-server.link]\napplications = [\"{APP}\"]\n"
-        ),
-    )
-    .unwrap();
-    let mut application = Server::start(
-        "split-as",
-        &["as"],
-        &[("TERN_CONFIG", external.to_str().unwrap())],
-    );
-    application.wait_ready().await;
-    set_formatter(&application, &admin_key).await;
-
-    let device = traffic(&network, &application, &app_key).await;
-
-    // The network's data (store, key files) never holds the clear AppSKey.
-    let app_s_key = device.session().unwrap().keys.app_s_key().0;
-    let hex_upper = hex::encode_upper(app_s_key);
-    let hex_lower = hex::encode(app_s_key);
-    for file in files(&network.data_dir) {
-        let bytes = std::fs::read(&file).unwrap();
-        let text = String::from_utf8_lossy(&bytes);
-        assert!(
-            !bytes.windows(16).any(|w| w == app_s_key)
-                && !text.contains(&hex_upper)
-                && !text.contains(&hex_lower),
-            "{} holds the clear AppSKey",
-            file.display()
-        );
-    }
 }
