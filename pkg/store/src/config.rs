@@ -83,6 +83,8 @@ impl StoreConfig {
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct PostgresConfig {
     /// Connection URL, e.g. `postgres://tern:secret@db:5432/tern` (or `key=value` form).
+    /// TLS as in libpq: `sslmode=disable|prefer|require|verify-ca|verify-full` (default
+    /// `prefer`) and `sslrootcert=<CA file>`, e.g. `…/tern?sslmode=verify-full&sslrootcert=/etc/tern/db-ca.pem`.
     pub url: String,
     /// Most connections the pool opens.
     pub pool_size: usize,
@@ -118,11 +120,13 @@ impl PostgresConfig {
                 reason: "required when store.backend is \"postgres\"".into(),
             });
         }
-        if let Err(e) = self.url.parse::<tokio_postgres::Config>() {
-            return Err(StoreError::Config {
-                key: "store.postgres.url",
-                reason: format!("{:?} is not a PostgreSQL URL: {e}", self.masked_url()),
-            });
+        let url_error = |reason: String| StoreError::Config {
+            key: "store.postgres.url",
+            reason: format!("{:?}: {reason}", self.masked_url()),
+        };
+        let (url, _) = crate::engine::pg_tls::split_url(&self.url).map_err(url_error)?;
+        if let Err(e) = url.parse::<tokio_postgres::Config>() {
+            return Err(url_error(format!("not a PostgreSQL URL: {e}")));
         }
         if self.pool_size == 0 {
             return Err(StoreError::Config {

@@ -2,6 +2,7 @@
 //! between them. Both offer exactly the same operations with the same semantics; the
 //! conformance suite checks that.
 
+pub(crate) mod pg_tls;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
 

@@ -11,9 +11,9 @@
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, Object, Pool, Runtime, Transaction};
-use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
+use super::pg_tls;
 use crate::config::PostgresConfig;
 use crate::error::{Result, StoreError};
 use crate::kv::{Batch, Op, Record, Table, index_diff, key_from_bytes, prefix_end};
@@ -71,10 +71,14 @@ pub(crate) struct PgEngine {
 impl PgEngine {
     /// Builds the pool (connections are opened on first use).
     pub(crate) fn new(cfg: &PostgresConfig) -> Result<Self> {
-        let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(|e| StoreError::Config {
+        let url_error = |reason: String| StoreError::Config {
             key: "store.postgres.url",
-            reason: format!("{:?} is not a PostgreSQL URL: {e}", cfg.masked_url()),
-        })?;
+            reason: format!("{:?}: {reason}", cfg.masked_url()),
+        };
+        let (url, tls) = pg_tls::split_url(&cfg.url).map_err(url_error)?;
+        let mut pg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| url_error(format!("not a PostgreSQL URL: {e}")))?;
         if !cfg.schema.is_empty() {
             // Unqualified table names then resolve to the schema on every connection.
             let opt = format!("-c search_path={}", cfg.schema);
@@ -90,7 +94,8 @@ impl PgEngine {
         if pg.get_application_name().is_none() {
             pg.application_name("tern");
         }
-        let pool = Pool::builder(Manager::new(pg, NoTls))
+        let connector = pg_tls::connector(&tls).map_err(url_error)?;
+        let pool = Pool::builder(Manager::new(pg, connector))
             .max_size(cfg.pool_size)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(cfg.connect_timeout))
@@ -514,4 +519,107 @@ fn backoff(attempt: u32) -> Duration {
         .unwrap_or(0);
     let base = u64::from(attempt.min(10)) * 2;
     Duration::from_millis(base + u64::from(nanos % 5))
+}
+
+/// TLS against a live server: the test PostgreSQL (`scripts/test-postgres.sh`) serves TLS
+/// with a certificate for `localhost` and `127.0.0.1` signed by its own CA, whose file is in
+/// `TERN_TEST_POSTGRES_CA` (`scripts/test-postgres.sh ca`).
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    /// The test server's URL and CA file; `None` (skipped loudly) outside CI without them.
+    fn server() -> Option<(String, String)> {
+        let url = std::env::var("TERN_TEST_POSTGRES_URL").unwrap_or_default();
+        let ca = std::env::var("TERN_TEST_POSTGRES_CA").unwrap_or_default();
+        if url.is_empty() || ca.is_empty() || !std::path::Path::new(&ca).exists() {
+            assert!(
+                std::env::var_os("CI").is_none_or(|v| v.is_empty()),
+                "CI is set but TERN_TEST_POSTGRES_URL/TERN_TEST_POSTGRES_CA do not name the test \
+                 server and its CA (url {url:?}, ca {ca:?}): see scripts/test-postgres.sh"
+            );
+            eprintln!("!!!!!!!! SKIPPED PostgreSQL TLS tests: set TERN_TEST_POSTGRES_URL and TERN_TEST_POSTGRES_CA");
+            return None;
+        }
+        Some((url, ca))
+    }
+
+    /// Whether the server sees this connection encrypted, or the connection error.
+    async fn ssl_in_use(url: String) -> std::result::Result<bool, String> {
+        let engine = PgEngine::new(&PostgresConfig {
+            url,
+            pool_size: 1,
+            ..PostgresConfig::default()
+        })
+        .map_err(|e| e.to_string())?;
+        let client = engine.client().await.map_err(|e| e.to_string())?;
+        let row = client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(row.get(0))
+    }
+
+    /// `url` with `params` appended to its query.
+    fn with(url: &str, params: &str) -> String {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}{params}")
+    }
+
+    /// A CA certificate the server's certificate does not chain to.
+    fn other_ca(dir: &std::path::Path) -> String {
+        let path = dir.join("other-ca.crt");
+        let out = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=not the test CA", "-keyout"])
+            .arg(dir.join("other-ca.key"))
+            .arg("-out")
+            .arg(&path)
+            .output()
+            .expect("openssl is installed (scripts/ensure-tools.sh)");
+        assert!(out.status.success(), "{out:?}");
+        path.to_string_lossy().into_owned()
+    }
+
+    #[tokio::test]
+    async fn verify_full_encrypts_and_checks_chain_and_host_name() {
+        let Some((url, ca)) = server() else { return };
+        let ok = ssl_in_use(with(&url, &format!("sslmode=verify-full&sslrootcert={ca}"))).await;
+        assert_eq!(ok, Ok(true));
+
+        // Another CA: refused, naming the certificate problem.
+        let dir = tempfile::tempdir().unwrap();
+        let other = other_ca(dir.path());
+        let err = ssl_in_use(with(&url, &format!("sslmode=verify-full&sslrootcert={other}")))
+            .await
+            .unwrap_err();
+        assert!(err.contains("certificate"), "{err}");
+
+        // The right CA but a host name the certificate is not for (reached through its IP).
+        let port = url.rsplit_once(':').unwrap().1.split('/').next().unwrap();
+        let db = url.rsplit_once('/').unwrap().1;
+        let wrong_host = format!("postgres://postgres@db.invalid:{port}/{db}?hostaddr=127.0.0.1");
+        let err = ssl_in_use(with(
+            &wrong_host,
+            &format!("sslmode=verify-full&sslrootcert={ca}"),
+        ))
+        .await
+        .unwrap_err();
+        assert!(err.contains("certificate"), "{err}");
+        // verify-ca checks the chain only, as in libpq: the same connection is accepted.
+        let ok = ssl_in_use(with(&wrong_host, &format!("sslmode=verify-ca&sslrootcert={ca}"))).await;
+        assert_eq!(ok, Ok(true));
+    }
+
+    #[tokio::test]
+    async fn require_encrypts_without_a_root_certificate_and_disable_does_not() {
+        let Some((url, _)) = server() else { return };
+        assert_eq!(ssl_in_use(with(&url, "sslmode=require")).await, Ok(true));
+        assert_eq!(ssl_in_use(with(&url, "sslmode=disable")).await, Ok(false));
+        // The default (prefer) takes TLS when the server offers it.
+        assert_eq!(ssl_in_use(url).await, Ok(true));
+    }
 }
