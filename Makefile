@@ -22,12 +22,21 @@ run: tools
 test: tools
 	@url="$${TERN_TEST_POSTGRES_URL:-$$(scripts/test-postgres.sh start)}" && \
 	export TERN_TEST_POSTGRES_URL="$$url" && \
+	export TERN_TEST_POSTGRES_CA="$${TERN_TEST_POSTGRES_CA:-$$(scripts/test-postgres.sh ca)}" && \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --all-targets --no-fail-fast; \
 	else \
 		$(CARGO) test --workspace --all-targets --no-fail-fast; \
 	fi
 	$(CARGO) test --workspace --doc
+	@scripts/chart-test.sh
+
+## The Helm chart: lint, render and strict Kubernetes-schema validation of every topology,
+## each tern.toml through `tern config`, and negative cases that must fail (needs PyPI once:
+## a venv in target/chart-venv). Also part of `make test`.
+.PHONY: chart-test
+chart-test:
+	scripts/chart-test.sh
 
 ## Formatting and lints, as CI runs them.
 lint: tools

@@ -11,6 +11,7 @@ tools=(
   "runuser:util-linux"       # scripts/test-postgres.sh runs PostgreSQL as postgres when root
   "mosquitto_sub:mosquitto-clients" # the AS's MQTT server is tested with the real clients
   "openssl:openssl"          # TLS tests make their throwaway certificates with it
+  "python3:python3"          # scripts/chart-test.sh validates the Helm chart in a venv
 )
 
 missing=()
@@ -23,6 +24,8 @@ done
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=("postgresql")
 # The mosquitto broker (in /usr/sbin, not always on PATH) for the external MQTT pub/sub tests.
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || missing+=("mosquitto")
+# The chart test's venv needs ensurepip, which Debian ships in python3-venv (pip comes with it).
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=("python3-venv")
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 sudo=""
