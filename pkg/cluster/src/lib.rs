@@ -5,6 +5,7 @@
 //! - [`shard`]: which instance owns a device or application (rendezvous hashing).
 //! - [`role`]: the lifecycle every role implements.
 //! - [`links`]: one trait per link between roles, in-process or over gRPC.
+//! - [`secret`]: secrets in configuration, masked wherever they are shown.
 
 #![warn(missing_docs)]
 
@@ -12,4 +13,5 @@ pub mod auth;
 pub mod directory;
 pub mod links;
 pub mod role;
+pub mod secret;
 pub mod shard;
