@@ -15,6 +15,7 @@ mod import;
 mod lorawan_cmd;
 mod output;
 mod rights;
+mod simulate;
 
 use anyhow::{Context, Result};
 use clap::{ArgGroup, CommandFactory, Parser, Subcommand};
@@ -79,6 +80,9 @@ enum Command {
     /// Decode, encode and derive keys for LoRaWAN frames, offline.
     #[command(subcommand)]
     Lorawan(lorawan_cmd::LorawanCommand),
+    /// Simulate a device and its gateways against a real Gateway Server.
+    #[command(subcommand)]
+    Simulate(simulate::SimulateCommand),
 }
 
 /// What a command runs with: the connections and the output format.
@@ -237,6 +241,8 @@ async fn run(cli: Cli) -> Result<()> {
             password_stdin,
         } => return login(server, api_key, username, password_stdin).await,
         Command::Logout => return logout().await,
+        // Connects to the servers itself, and only when the device's keys come from them.
+        Command::Simulate(cmd) => return simulate::run(server, cli.output, cmd).await,
         other => other,
     };
     let (resolved, _) = resolve(server)?;
@@ -256,7 +262,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Lorawan(_)
         | Command::Completion { .. }
         | Command::Login { .. }
-        | Command::Logout => Ok(()),
+        | Command::Logout
+        | Command::Simulate(_) => Ok(()),
     }
 }
 

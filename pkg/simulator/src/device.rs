@@ -1,6 +1,6 @@
-//! A simulated end device: builds the frames a real device sends (join-requests, data
-//! uplinks) and checks and decrypts the frames it receives (join-accepts, data downlinks),
-//! as LoRaWAN L2 1.0.x and 1.1 require.
+//! A simulated end device: builds the frames a real device sends (join-requests, 1.1
+//! rejoin-requests, data uplinks) and checks and decrypts the frames it receives (join- and
+//! rejoin-accepts, data downlinks), as LoRaWAN L2 1.0.x and 1.1 require.
 
 use lorawan::crypto::{self, Direction, FOptsCounterVariant, SessionKeys10, SessionKeys11};
 use lorawan::phy::{DlSettings, FCtrl, FOpts, Fhdr, MacPayload, Mhdr, Payload};
@@ -152,6 +152,16 @@ pub struct Device {
     last_confirmed_up: Option<u32>,
     /// 1.1 after a join: RekeyInd goes in every uplink until RekeyConf arrives.
     rekey_pending: bool,
+    /// The NetID of the network that accepted the last join (for rejoin types 0 and 2).
+    net_id: Option<NetId>,
+    /// RJcount0: type 0 and 2 rejoin-requests sent in this session (reset by a new one).
+    rj_count0: u16,
+    /// RJcount1: type 1 rejoin-requests sent (never reset: the JSIntKey does not change).
+    rj_count1: u16,
+    /// The last rejoin-request sent: its type and RJcount, awaiting its rejoin-accept.
+    last_rejoin: Option<(u8, u16)>,
+    /// The JoinNonce of the last accepted join- or rejoin-accept (1.1: must increase).
+    last_join_nonce: Option<u32>,
 }
 
 impl Device {
@@ -165,6 +175,11 @@ impl Device {
             ack_pending: None,
             last_confirmed_up: None,
             rekey_pending: false,
+            net_id: None,
+            rj_count0: 0,
+            rj_count1: 0,
+            last_rejoin: None,
+            last_join_nonce: None,
         }
     }
 
@@ -274,6 +289,10 @@ impl Device {
         self.rekey_pending = matches!(keys, Keys::V1_1(_));
         self.ack_pending = None;
         self.last_confirmed_up = None;
+        self.net_id = Some(accept.home_net_id);
+        self.rj_count0 = 0;
+        self.last_rejoin = None;
+        self.last_join_nonce = Some(accept.join_nonce.get());
         self.session = Some(Session {
             dev_addr: accept.dev_addr,
             keys,
@@ -282,6 +301,140 @@ impl Device {
             last_a_f_cnt_down: None,
             rx1_delay: accept.rx1_delay_secs(),
             dl_settings: accept.dl_settings,
+        });
+        Ok(self.session.as_ref().expect("session just set"))
+    }
+
+    /// The next RJcount0 (type 0 and 2 rejoin-requests) and RJcount1 (type 1).
+    pub fn rj_counts(&self) -> (u16, u16) {
+        (self.rj_count0, self.rj_count1)
+    }
+
+    /// A LoRaWAN 1.1 rejoin-request of `rejoin_type` (0, 1 or 2, L2 1.1 §6.2.4): types 0
+    /// and 2 carry the NetID and DevEUI and are signed with the session's SNwkSIntKey; type 1
+    /// carries the JoinEUI and DevEUI and is signed with the JSIntKey. Uses and advances
+    /// RJcount0 (types 0, 2) or RJcount1 (type 1).
+    pub fn rejoin_request(&mut self, rejoin_type: u8) -> Result<Vec<u8>, SimError> {
+        if self.config.version != Version::V1_1 {
+            return Err(SimError::Unexpected(
+                "rejoin-requests exist only in LoRaWAN 1.1",
+            ));
+        }
+        let (payload, key) = match rejoin_type {
+            0 | 2 => {
+                let Some(Session {
+                    keys: Keys::V1_1(k),
+                    ..
+                }) = &self.session
+                else {
+                    return Err(SimError::Unexpected(
+                        "rejoin types 0 and 2 need a LoRaWAN 1.1 session",
+                    ));
+                };
+                let net_id = self.net_id.ok_or(SimError::Unexpected(
+                    "rejoin types 0 and 2 need the NetID of an over-the-air join",
+                ))?;
+                let rj = self.rj_count0;
+                self.rj_count0 = self.rj_count0.wrapping_add(1);
+                self.last_rejoin = Some((rejoin_type, rj));
+                (
+                    lorawan::phy::RejoinRequest::Type0Or2 {
+                        rejoin_type,
+                        net_id,
+                        dev_eui: self.config.dev_eui,
+                        rj_count0: rj,
+                    },
+                    k.s_nwk_s_int_key,
+                )
+            }
+            1 => {
+                let key = crypto::derive_js_int_key(&self.root_key()?, self.config.dev_eui);
+                let rj = self.rj_count1;
+                self.rj_count1 = self.rj_count1.wrapping_add(1);
+                self.last_rejoin = Some((1, rj));
+                (
+                    lorawan::phy::RejoinRequest::Type1 {
+                        join_eui: self.config.join_eui,
+                        dev_eui: self.config.dev_eui,
+                        rj_count1: rj,
+                    },
+                    key,
+                )
+            }
+            _ => return Err(SimError::Unexpected("RejoinType must be 0, 1 or 2")),
+        };
+        let phy = PhyPayload {
+            mhdr: Mhdr::new(MType::RejoinRequest),
+            payload: Payload::RejoinRequest(payload),
+            mic: Some([0; 4]),
+        };
+        let mut bytes = phy.encode_mic_input()?;
+        let mic = crypto::rejoin_request_mic(&key, &bytes);
+        bytes.extend_from_slice(&mic);
+        Ok(bytes)
+    }
+
+    /// Accepts the join-accept answering the last rejoin-request (L2 1.1 §6.2.3): decrypted
+    /// with the JSEncKey, MIC with the JSIntKey over the RejoinType and RJcount, JoinNonce
+    /// above the last one; starts the new session (RekeyInd until RekeyConf). Type 0 and 1
+    /// take the accept's radio settings; type 2 keeps the current RX1 delay and DLSettings.
+    pub fn accept_rejoin(&mut self, raw: &[u8]) -> Result<&Session, SimError> {
+        let (rejoin_type, rj) = self.last_rejoin.ok_or(SimError::NoJoinRequest)?;
+        let nwk_key = self.root_key()?;
+        let dev_eui = self.config.dev_eui;
+        let plain =
+            crypto::decrypt_join_accept(&crypto::derive_js_enc_key(&nwk_key, dev_eui), raw)?;
+        let phy = PhyPayload::decode(&plain)?;
+        let Payload::JoinAccept(accept) = phy.payload else {
+            return Err(SimError::Unexpected("not a join-accept"));
+        };
+        if !accept.dl_settings.opt_neg {
+            return Err(SimError::Unexpected("a rejoin-accept without OptNeg"));
+        }
+        let mic = crypto::join_accept_mic_1_1(
+            &crypto::derive_js_int_key(&nwk_key, dev_eui),
+            rejoin_type,
+            self.config.join_eui,
+            DevNonce(rj),
+            PhyPayload::mic_input(&plain),
+        );
+        if !crypto::mic_matches(&mic, &plain[plain.len() - 4..]) {
+            return Err(SimError::MicMismatch("rejoin-accept"));
+        }
+        if self
+            .last_join_nonce
+            .is_some_and(|last| accept.join_nonce.get() <= last)
+        {
+            return Err(SimError::Unexpected(
+                "rejoin-accept JoinNonce not above the last one",
+            ));
+        }
+        let keys = Keys::V1_1(crypto::derive_session_keys_1_1(
+            &nwk_key,
+            &self.config.app_key,
+            accept.join_nonce,
+            self.config.join_eui,
+            DevNonce(rj),
+        ));
+        let (rx1_delay, dl_settings) = match (&self.session, rejoin_type) {
+            (Some(s), 2) => (s.rx1_delay, s.dl_settings),
+            _ => (accept.rx1_delay_secs(), accept.dl_settings),
+        };
+        self.last_rejoin = None;
+        self.last_join_nonce = Some(accept.join_nonce.get());
+        self.net_id = Some(accept.home_net_id);
+        self.rj_count0 = 0;
+        self.rekey_pending = true;
+        self.ack_pending = None;
+        self.last_confirmed_up = None;
+        self.session = Some(Session {
+            dev_addr: accept.dev_addr,
+            keys,
+            f_cnt_up: 0,
+            last_n_f_cnt_down: None,
+            last_a_f_cnt_down: None,
+            rx1_delay,
+            dl_settings,
         });
         Ok(self.session.as_ref().expect("session just set"))
     }

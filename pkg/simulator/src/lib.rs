@@ -9,16 +9,24 @@
 //! - [`station::Station`]: a LoRa Basics Station speaking the LNS protocol over WebSocket
 //!   (discovery, `router_config`, `jreq`/`updf`, `dnmsg`/`dntxed`, `timesync`).
 //!
+//! - [`mac::MacResponder`]: a device's radio settings and its answers to MAC commands.
+//! - [`runner::SimulatedDevice`]: a device on the air through one or more gateways, with
+//!   RX1/RX2 (class A) and continuous (class C) reception and a step log.
+//!
 //! The end-to-end tests, the benchmarks and `ternctl simulate` drive Tern with these.
 
 #![warn(missing_docs)]
 
 pub mod device;
+pub mod mac;
+pub mod runner;
 pub mod semtech;
 pub mod station;
 pub mod udp;
 
 pub use device::{Device, DeviceConfig, Downlink, Keys, Uplink, Version};
+pub use mac::{MacResponder, RadioState, Reject};
+pub use runner::{DeviceClass, SavedDevice, SimGateway, SimulatedDevice, Step, Window};
 pub use udp::{ReceivedDownlink, RxInfo, TxAckMode, UdpGateway, UdpGatewayConfig};
 
 /// Why a simulated device or gateway could not do what was asked.
