@@ -218,6 +218,23 @@ pub async fn set_formatter(server: &Server, admin_key: &str) {
 /// there and checks that the device receives it in RX1 and the application hears `down/sent`.
 /// Returns the joined device.
 pub async fn traffic(gs: &Server, asrv: &Server, app_key: &str) -> Device {
+    traffic_through(gs, asrv, app_key).await.device
+}
+
+/// A device after [`traffic_through`], with the gateways that heard it, for further steps.
+pub struct Traffic {
+    /// The joined device.
+    pub device: Device,
+    /// The three gateways, in the order of [`GATEWAYS`]; the first has the best signal.
+    pub gateways: Vec<UdpGateway>,
+    /// The MQTT server of the AS.
+    pub mqtt: SocketAddr,
+    /// The application API key (MQTT password).
+    pub app_key: String,
+}
+
+/// What [`traffic`] does, keeping the gateways and the MQTT address for further steps.
+pub async fn traffic_through(gs: &Server, asrv: &Server, app_key: &str) -> Traffic {
     let udp = logged_addr(gs, "gateway listeners bound", "udp");
     let mqtt = logged_addr(asrv, "MQTT server listening", "addr");
     let app_key = app_key.to_owned();
@@ -230,11 +247,7 @@ pub async fn traffic(gs: &Server, asrv: &Server, app_key: &str) -> Device {
                 .unwrap(),
         );
     }
-    let heard = |i: usize| RxInfo {
-        rssi: -50 - 10 * i as i32,
-        snr: 9.0 - 3.0 * i as f64,
-        ..RxInfo::eu868_default()
-    };
+    let heard = heard_by;
 
     // OTAA join: the join-request heard by all three; the accept comes through the best.
     let mut device = Device::new(DeviceConfig::otaa(
@@ -350,7 +363,185 @@ pub async fn traffic(gs: &Server, asrv: &Server, app_key: &str) -> Device {
     let sent = messages(sent, &[gs, asrv]);
     assert_eq!(sent[0]["end_device_ids"]["device_id"], DEV, "{sent:?}");
     assert_eq!(session.dev_addr, device.session().unwrap().dev_addr);
-    device
+    Traffic {
+        device,
+        gateways,
+        mqtt,
+        app_key,
+    }
+}
+
+/// How gateway `i` of [`GATEWAYS`] hears the device: the first best, the others weaker.
+pub fn heard_by(i: usize) -> RxInfo {
+    RxInfo {
+        rssi: -50 - 10 * i as i32,
+        snr: 9.0 - 3.0 * i as f64,
+        ..RxInfo::eu868_default()
+    }
+}
+
+/// Registers webhook `id` of the application on the AS of `server` with the real
+/// `ternctl applications webhooks set`: uplinks to `<base_url>/up`, join-accepts to `/join`,
+/// `down/sent` to `/sent` and `down/ack` to `/ack`, each request with the header
+/// `Authorization: <auth>`; then reads it back over gRPC.
+pub async fn set_webhook(server: &Server, admin_key: &str, id: &str, base_url: &str, auth: &str) {
+    // Its own config directory: no `~/.config/ternctl` of the machine is read or written.
+    let config_home = server.dir.join("ternctl-config");
+    let out = std::process::Command::new(crate::process::ternctl_bin())
+        .env_remove("TERN_SERVER")
+        .env("XDG_CONFIG_HOME", &config_home)
+        .env("HOME", &config_home)
+        .env("TERN_API_KEY", admin_key)
+        .args(["--server", &format!("http://{}", server.grpc), "-o", "json"])
+        .args(["applications", "webhooks", "set", APP, id])
+        .args([
+            "--base-url",
+            base_url,
+            "--header",
+            &format!("Authorization={auth}"),
+        ])
+        .args([
+            "--uplink-message-path",
+            "/up",
+            "--join-accept-path",
+            "/join",
+        ])
+        .args([
+            "--downlink-sent-path",
+            "/sent",
+            "--downlink-ack-path",
+            "/ack",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ternctl applications webhooks set: {}\n{}{}\n--- tern's log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    let (ch, creds) = channel(server, admin_key);
+    let stored = v3::application_webhook_registry_client::ApplicationWebhookRegistryClient::new(
+        InterceptedService::new(ch, creds),
+    )
+    .get(v3::ApplicationWebhookIdentifiers {
+        application_ids: Some(v3::ApplicationIdentifiers {
+            application_id: APP.into(),
+        }),
+        webhook_id: id.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("reading webhook {id} back: {e}"))
+    .into_inner();
+    assert_eq!(stored.base_url, base_url, "{stored:?}");
+    assert_eq!(
+        stored.uplink_message.map(|m| m.path).as_deref(),
+        Some("/up"),
+        "the uplink path as ternctl set it"
+    );
+}
+
+/// Waits until the device's downlink queue on the AS of `asrv` is not empty.
+pub async fn wait_queued(asrv: &Server, app_key: &str) {
+    let (ch, creds) = channel(asrv, app_key);
+    let mut queue = v3::app_as_client::AppAsClient::new(InterceptedService::new(ch, creds));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = queue
+            .downlink_queue_list(v3::EndDeviceIdentifiers::new(APP, DEV))
+            .await
+            .unwrap()
+            .into_inner();
+        if !listed.downlinks.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pushed downlink was not queued:\n{}",
+            asrv.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A confirmed downlink pushed over MQTT (`"confirmed": true`, FPort 4, payload 04 05 06)
+/// reaches the device in RX1 after its next uplink (`down/sent`), the device acknowledges it
+/// on the uplink after that, and the application hears `down/ack`. Returns the `down/ack`
+/// message.
+pub async fn confirmed_downlink(t: &mut Traffic, gs: &Server, asrv: &Server) -> serde_json::Value {
+    let topic = |event: &str| format!("v3/{APP}/devices/{DEV}/{event}");
+    let sent = subscribe(t.mqtt, APP, &t.app_key, &topic("down/sent"), 1);
+    let acked = subscribe(t.mqtt, APP, &t.app_key, &topic("down/ack"), 1);
+    publish(
+        t.mqtt,
+        APP,
+        &t.app_key,
+        &topic("down/push"),
+        r#"{"downlinks":[{"f_port":4,"frm_payload":"BAUG","confirmed":true}]}"#,
+    );
+    wait_queued(asrv, &t.app_key).await;
+    let logs = || format!("--- tern's logs:\n{}\n---\n{}", gs.log(), asrv.log());
+
+    // The uplink that opens RX1 for it.
+    let frame = t
+        .device
+        .uplink(&Uplink {
+            f_port: Some(2),
+            payload: vec![0x07, 0xD1],
+            ..Default::default()
+        })
+        .unwrap();
+    for (i, gw) in t.gateways.iter().enumerate() {
+        gw.send_uplink(&frame, &heard_by(i)).await.unwrap();
+    }
+    let downlink = t.gateways[0]
+        .next_downlink(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("the confirmed downlink in RX1: {e}\n{}", logs()));
+    let margin = downlink.margin_us().expect("a timed class A downlink");
+    assert!(
+        margin > 0,
+        "the confirmed downlink arrived {margin} µs too late"
+    );
+    let received = t.device.downlink(&downlink.payload).unwrap();
+    assert!(
+        received.confirmed,
+        "the downlink is not confirmed: {received:?}"
+    );
+    assert_eq!(received.f_port, Some(4), "{received:?}");
+    assert_eq!(received.payload, vec![4, 5, 6], "{received:?}");
+    let sent = messages(sent, &[gs, asrv]);
+    assert_eq!(sent[0]["downlink_sent"]["f_port"], 4, "{sent:?}");
+    assert_eq!(sent[0]["downlink_sent"]["confirmed"], true, "{sent:?}");
+
+    // The next uplink carries the ACK bit (the simulated device sets it after a confirmed
+    // downlink); the dedup window must have closed on the previous one first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let frame = t
+        .device
+        .uplink(&Uplink {
+            f_port: Some(2),
+            payload: vec![0x07, 0xD2],
+            ..Default::default()
+        })
+        .unwrap();
+    assert_ne!(
+        frame[5] & 0x20,
+        0,
+        "the uplink after a confirmed downlink sets ACK"
+    );
+    for (i, gw) in t.gateways.iter().enumerate() {
+        gw.send_uplink(&frame, &heard_by(i)).await.unwrap();
+    }
+    let acked = messages(acked, &[gs, asrv]);
+    let ack = acked[0].clone();
+    assert_eq!(ack["end_device_ids"]["device_id"], DEV, "{ack}");
+    assert_eq!(ack["downlink_ack"]["f_port"], 4, "{ack}");
+    assert_eq!(ack["downlink_ack"]["frm_payload"], "BAUG", "{ack}");
+    assert_eq!(ack["downlink_ack"]["confirmed"], true, "{ack}");
+    ack
 }
 
 /// Every file under `dir`, recursively.

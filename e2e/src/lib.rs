@@ -10,5 +10,8 @@
 pub mod flow;
 pub mod mqtt;
 pub mod process;
+pub mod services;
+pub mod station;
+pub mod webhook;
 
 pub use process::{Server, get, temp_dir, try_get};

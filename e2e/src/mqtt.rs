@@ -23,7 +23,9 @@ pub fn subscribe(mqtt: SocketAddr, user: &str, key: &str, topic: &str, count: us
         .args(["-oL", "mosquitto_sub"])
         .args(["-h", &mqtt.ip().to_string(), "-p", &mqtt.port().to_string()])
         .args(["-u", user, "-P", key, "-t", topic, "-v", "-q", "1", "-d"])
-        .args(["-C", &count.to_string(), "-W", "30"])
+        // No `-W`: its timeout follows the wall clock, which may jump on a test machine;
+        // `messages` enforces the limit on the monotonic clock instead.
+        .args(["-C", &count.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -63,7 +65,18 @@ pub fn subscribe(mqtt: SocketAddr, user: &str, key: &str, topic: &str, count: us
 /// The JSON payloads of the messages `mosquitto_sub -v` printed; shows its trace and the
 /// servers' logs when it did not get them all.
 pub fn messages(mut sub: Subscriber, servers: &[&Server]) -> Vec<serde_json::Value> {
-    let status = sub.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = sub.child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            // Killed: the assertion below shows what arrived before the limit.
+            let _ = sub.child.kill();
+            break sub.child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     sub.reader.join().unwrap();
     let lines = sub.lines.lock().unwrap().clone();
     assert!(

@@ -70,4 +70,7 @@ async fn external_application_server_links_with_an_api_key_and_keeps_the_app_s_k
             file.display()
         );
     }
+    drop(application);
+    drop(network);
+    let _ = std::fs::remove_dir_all(&dir);
 }
