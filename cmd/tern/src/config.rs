@@ -568,7 +568,7 @@ mod tests {
     #[test]
     fn secrets_are_masked_in_toml_and_debug() {
         let mut c = Config::default();
-        c.cluster.keys = vec![Secret("hunter2".into())];
+        c.cluster.keys = vec![Secret::try_from("hunter2".to_owned()).unwrap()];
         let text = to_toml(&c);
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains(Secret::MASK), "{text}");
