@@ -184,6 +184,11 @@ impl PgDatabase {
             );
             return None;
         };
+        // postgres://user@host:port/<database>[?params]: same server and params, other database.
+        let (server, query) = match server.split_once('?') {
+            Some((s, q)) => (s.to_owned(), format!("?{q}")),
+            None => (server, String::new()),
+        };
         let (base, _db) = server
             .rsplit_once('/')
             .expect("TERN_TEST_POSTGRES_URL ends with /<database>");
@@ -193,9 +198,9 @@ impl PgDatabase {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
-        let admin_url = format!("{base}/postgres");
+        let admin_url = format!("{base}/postgres{query}");
         let db = Self {
-            url: format!("{base}/{name}"),
+            url: format!("{base}/{name}{query}"),
             admin_url,
             name,
         };
@@ -225,30 +230,6 @@ impl PgDatabase {
             "psql `{sql}`: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-    }
-
-    /// Runs a query on the scenario's database and returns psql's unaligned output.
-    pub fn query(&self, sql: &str) -> String {
-        let out = Command::new("psql")
-            .args([
-                "-X",
-                "-q",
-                "-t",
-                "-A",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                &self.url,
-            ])
-            .args(["-c", sql])
-            .output()
-            .expect("psql (Debian package postgresql-client) is installed");
-        assert!(
-            out.status.success(),
-            "psql `{sql}`: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 

@@ -741,9 +741,9 @@ pub fn as_part(spec: &DeviceSpec) -> Option<(EndDevice, Vec<String>)> {
         return None;
     };
     Some((
+        // The AS keeps the session only: its payload crypto is the same for every version.
         EndDevice {
             ids: Some(device_ids(spec)),
-            lorawan_version: spec.mac_version as i32,
             session: Some(Session {
                 dev_addr: dev_addr.0.to_vec(),
                 keys: Some(SessionKeys {
@@ -754,13 +754,9 @@ pub fn as_part(spec: &DeviceSpec) -> Option<(EndDevice, Vec<String>)> {
             }),
             ..Default::default()
         },
-        [
-            "lorawan_version",
-            "session.dev_addr",
-            "session.keys.app_s_key",
-        ]
-        .map(str::to_owned)
-        .to_vec(),
+        ["session.dev_addr", "session.keys.app_s_key"]
+            .map(str::to_owned)
+            .to_vec(),
     ))
 }
 

@@ -568,6 +568,31 @@ fn ternctl_drives_the_application_server() {
         dev["root_keys"]["app_key"]["key"], "2B7E151628AED2A6ABF7158809CF4F3C",
         "{dev}"
     );
+    // ABP: the network session goes to the NS, the AppSKey to the AS (which takes the
+    // session fields only).
+    cli.ok(&[
+        "end-devices",
+        "create",
+        "app-as",
+        "dev-abp",
+        "--dev-eui",
+        "70B3D57ED0000102",
+        "--frequency-plan",
+        "EU_863_870",
+        "--lorawan-version",
+        "1.0.3",
+        "--lorawan-phy-version",
+        "RP002-1.0.3",
+        "--abp",
+        "--dev-addr",
+        "26011BDA",
+        "--nwk-s-key",
+        "11111111111111111111111111111111",
+        "--app-s-key",
+        "22222222222222222222222222222222",
+    ]);
+    let dev = cli.json(&["end-devices", "get", "app-as", "dev-abp", "--show-keys"]);
+    assert_eq!(dev["session"]["dev_addr"], "26011BDA", "{dev}");
 
     // A JavaScript formatter from a file, then a payload decoded by it.
     let script = dir.path().join("decoder.js");

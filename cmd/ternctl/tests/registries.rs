@@ -354,7 +354,7 @@ fn device_parts_go_to_their_registries_and_failures_are_undone() {
     );
     assert_eq!(
         got[2],
-        "as.set dev-abp keys=app_s_key mask=lorawan_version,session.dev_addr,session.keys.app_s_key"
+        "as.set dev-abp keys=app_s_key mask=session.dev_addr,session.keys.app_s_key"
     );
     assert_eq!(got.len(), 3);
 

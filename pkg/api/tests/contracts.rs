@@ -59,6 +59,7 @@ fn prost_round_trip() {
                 )),
                 ..Default::default()
             }),
+            ns_instance_id: "ns-1~0123456789abcdef".into(),
         })),
     };
     let bytes = resp.encode_to_vec();

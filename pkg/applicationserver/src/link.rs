@@ -4,6 +4,13 @@
 //! another operator links the same way as one in the same process. A refused or broken link
 //! is retried with exponential backoff; its state is the AS's readiness, so `/readyz` shows
 //! why an AS is not linked (e.g. the NS's `PERMISSION_DENIED` message).
+//!
+//! Delivery is at least once from the NS, exactly once to the integrations while this
+//! process lives: every message carries its NS instance and a sequence number per
+//! application; the AS remembers the last one it handed on per (NS instance, application),
+//! skips resends up to it, and acknowledges cumulatively (every [`ACK_EVERY`] messages or
+//! after [`ACK_INTERVAL`]) so that the NS deletes them from its outbox. An acknowledgement
+//! lost with a link only means a resend, which is skipped.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,6 +74,14 @@ pub trait UpHandler: Send + Sync + 'static {
 /// How long a queue operation may wait for its result.
 const QUEUE_OPERATION_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Handed-on messages after which the AS acknowledges at once.
+pub const ACK_EVERY: usize = 64;
+/// Longest wait before a handed-on message is acknowledged.
+pub const ACK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// (NS instance, application): the scope of a sequence number.
+type Stream = (String, String);
+
 type Requests = mpsc::UnboundedSender<LinkResult<v3::LinkRequest>>;
 
 /// Keeps the link to the Network Server open until shutdown.
@@ -79,7 +94,8 @@ pub struct Linker {
     current: Mutex<Option<Requests>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<v3::DownlinkQueueOperationResult>>>,
     next_operation: AtomicU64,
-    acknowledged: Mutex<HashMap<String, u64>>,
+    /// The last sequence handed on, per (NS instance, application).
+    processed: Mutex<HashMap<Stream, u64>>,
 }
 
 impl Linker {
@@ -105,7 +121,7 @@ impl Linker {
             current: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
             next_operation: AtomicU64::new(1),
-            acknowledged: Mutex::new(HashMap::new()),
+            processed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -216,17 +232,14 @@ impl Linker {
     /// the link was established.
     async fn link_once(self: Arc<Self>, readiness: &ReadinessSignal) -> bool {
         let (tx, rx) = mpsc::unbounded_channel::<LinkResult<v3::LinkRequest>>();
+        // Each NS skips what it sent and this AS handed on; it ignores other instances'.
         let acknowledged = self
-            .acknowledged
+            .processed
             .lock()
             .expect("ack lock")
             .iter()
-            .map(|(app, seq)| v3::LinkAck {
-                application_ids: Some(v3::ApplicationIdentifiers {
-                    application_id: app.clone(),
-                }),
-                sequence: *seq,
-            })
+            .filter(|((ns, _), _)| !ns.is_empty())
+            .map(|((ns, app), seq)| link_ack(ns, app, *seq))
             .collect();
         let start = v3::LinkStart {
             application_ids: self
@@ -295,7 +308,35 @@ impl Linker {
             let this = self.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                while let Some(sequenced) = up_rx.recv().await {
+                // Acknowledgements not sent yet, cumulative per stream.
+                let mut unsent: HashMap<Stream, u64> = HashMap::new();
+                let mut count = 0;
+                let mut deadline: Option<tokio::time::Instant> = None;
+                let flush = |unsent: &mut HashMap<Stream, u64>| {
+                    for ((ns, app), sequence) in unsent.drain() {
+                        let _ = tx.send(Ok(v3::LinkRequest {
+                            frame: Some(v3::link_request::Frame::Ack(link_ack(
+                                &ns, &app, sequence,
+                            ))),
+                        }));
+                    }
+                };
+                loop {
+                    let next = match deadline {
+                        Some(at) => tokio::select! {
+                            next = up_rx.recv() => next,
+                            () = tokio::time::sleep_until(at) => {
+                                flush(&mut unsent);
+                                (count, deadline) = (0, None);
+                                continue;
+                            }
+                        },
+                        None => up_rx.recv().await,
+                    };
+                    let Some(sequenced) = next else {
+                        flush(&mut unsent);
+                        return;
+                    };
                     let Some(up) = sequenced.up else { continue };
                     let app = up
                         .end_device_ids
@@ -303,34 +344,43 @@ impl Linker {
                         .and_then(|ids| ids.application_ids.as_ref())
                         .map(|a| a.application_id.clone())
                         .unwrap_or_default();
-                    let done = this
-                        .acknowledged
-                        .lock()
-                        .expect("ack lock")
-                        .get(&app)
-                        .is_some_and(|&seq| sequenced.sequence <= seq && sequenced.sequence != 0);
-                    if !done
-                        && let Some(handler) = &this.handler
-                        && let Err(e) = handler.handle(up).await
-                    {
-                        // Not acknowledged: the NS resends it after the relink.
-                        let _ = failed_tx
-                            .send(format!("processing a message of `{app}` failed: {e:#}"))
-                            .await;
-                        return;
+                    let stream = (sequenced.ns_instance_id, app);
+                    let done = sequenced.sequence != 0
+                        && this
+                            .processed
+                            .lock()
+                            .expect("ack lock")
+                            .get(&stream)
+                            .is_some_and(|&seq| sequenced.sequence <= seq);
+                    if done {
+                        debug!(ns = %stream.0, application_id = %stream.1, sequence = sequenced.sequence, "resent message already handed on: skipped");
+                    } else {
+                        if let Some(handler) = &this.handler
+                            && let Err(e) = handler.handle(up).await
+                        {
+                            // Not acknowledged: the NS resends it after the relink.
+                            flush(&mut unsent);
+                            let _ = failed_tx
+                                .send(format!(
+                                    "processing a message of `{}` failed: {e:#}",
+                                    stream.1
+                                ))
+                                .await;
+                            return;
+                        }
+                        this.processed
+                            .lock()
+                            .expect("ack lock")
+                            .insert(stream.clone(), sequenced.sequence);
                     }
-                    this.acknowledged
-                        .lock()
-                        .expect("ack lock")
-                        .insert(app.clone(), sequenced.sequence);
-                    let _ = tx.send(Ok(v3::LinkRequest {
-                        frame: Some(v3::link_request::Frame::Ack(v3::LinkAck {
-                            application_ids: Some(v3::ApplicationIdentifiers {
-                                application_id: app,
-                            }),
-                            sequence: sequenced.sequence,
-                        })),
-                    }));
+                    let acked = unsent.entry(stream).or_default();
+                    *acked = (*acked).max(sequenced.sequence);
+                    count += 1;
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + ACK_INTERVAL);
+                    if count >= ACK_EVERY {
+                        flush(&mut unsent);
+                        (count, deadline) = (0, None);
+                    }
                 }
             })
         };
@@ -346,6 +396,23 @@ impl Linker {
                             let _ = waiter.send(result);
                         }
                     }
+                    Some(Ok(v3::LinkResponse { frame: Some(v3::link_response::Frame::AckRefused(refused)) })) => {
+                        // The NS keeps the messages and resends them.
+                        let error = refused.error.unwrap_or_default();
+                        warn!(reason = %error.name, error = %error.message, "the Network Server refused an acknowledgement");
+                        // Remembered beyond what the NS sent (its store was restored): what
+                        // it sends next is new, so the memory goes back to its last number.
+                        if let (Some(ack), Some(last)) = (
+                            refused.ack.filter(|_| error.name == "ahead"),
+                            error.attributes.get("last").and_then(|l| l.parse::<u64>().ok()),
+                        ) {
+                            let app = ack.application_ids.map(|a| a.application_id).unwrap_or_default();
+                            let mut processed = self.processed.lock().expect("ack lock");
+                            if let Some(seq) = processed.get_mut(&(ack.ns_instance_id, app)) {
+                                *seq = (*seq).min(last);
+                            }
+                        }
+                    }
                     Some(Ok(_)) => {}
                     Some(Err(status)) => break describe(&status),
                     None => break "the Network Server closed the link".to_owned(),
@@ -358,6 +425,17 @@ impl Linker {
         drop(tx);
         self.set(LinkState::Down(reason), readiness);
         true
+    }
+}
+
+/// An acknowledgement of `application_id`'s messages of NS instance `ns` up to `sequence`.
+fn link_ack(ns: &str, application_id: &str, sequence: u64) -> v3::LinkAck {
+    v3::LinkAck {
+        application_ids: Some(v3::ApplicationIdentifiers {
+            application_id: application_id.to_owned(),
+        }),
+        sequence,
+        ns_instance_id: ns.to_owned(),
     }
 }
 

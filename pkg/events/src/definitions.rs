@@ -194,6 +194,8 @@ catalogue! {
         "ns.up.data.drop", "The Network Server dropped a data uplink (unknown DevAddr, MIC, frame counter, ...); the data says why.";
     NS_UP_DATA_FORWARD: v3::ApplicationUp =
         "ns.up.data.forward", "The Network Server forwarded a data uplink to the Application Server.";
+    NS_LINK_DROP: v3::ErrorDetails =
+        "ns.link.drop", "The Network Server dropped unacknowledged messages for an application (outbox full or store failure); the data says which and why.";
     NS_UP_JOIN_RECEIVE: v3::UplinkMessage =
         "ns.up.join.receive", "The Network Server received a join-request.";
     NS_UP_JOIN_ACCEPT: v3::JoinRequest =

@@ -242,6 +242,7 @@ impl Integrations {
         *self.inner.shutdown.lock().expect("shutdown lock") = Some(shutdown.clone());
         webhook::load(&self.inner).await?;
         pubsub::load(&self.inner).await?;
+        tokio::spawn(webhook::reload_loop(self.inner.clone(), shutdown.clone()));
         tokio::spawn(webhook::persist_loop(self.inner.clone(), rx, shutdown));
         Ok(())
     }

@@ -6,6 +6,7 @@
 //! deletes the record on a 2xx answer and otherwise reschedules it with exponential backoff
 //! and jitter (at the slow pace once the webhook is unhealthy) until the retry horizon.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
@@ -58,8 +59,29 @@ fn cached(inner: &Inner, app: &str, id: &str) -> Option<Arc<v3::ApplicationWebho
         .cloned()
 }
 
-/// Reads every webhook into the cache and starts their workers.
+/// How often the webhook cache is read again from the store: another process of the cluster
+/// may have set or deleted a webhook, or left deliveries behind (e.g. killed) that this
+/// process's workers must take over.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Reloads the webhooks every [`RELOAD_INTERVAL`] until shutdown.
+pub(crate) async fn reload_loop(inner: Arc<Inner>, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RELOAD_INTERVAL) => {}
+            _ = shutdown.wait() => return,
+        }
+        if let Err(e) = load(&inner).await {
+            warn!(error = %e, "cannot reload the webhooks");
+        }
+    }
+}
+
+/// Reads every webhook into the cache (dropping those deleted meanwhile, whose workers then
+/// stop) and starts or wakes their workers.
 pub(crate) async fn load(inner: &Arc<Inner>) -> Result<(), StoreError> {
+    // What this process set or deleted while the scan ran wins over the scan.
+    let before = inner.webhooks.read().expect("webhooks lock").clone();
     let mut after: Option<String> = None;
     let mut loaded = Vec::new();
     loop {
@@ -78,16 +100,50 @@ pub(crate) async fn load(inner: &Arc<Inner>) -> Result<(), StoreError> {
             None => break,
         }
     }
+    let mut fresh: HashMap<String, HashMap<String, Arc<v3::ApplicationWebhook>>> = HashMap::new();
     for w in loaded {
         let (app, id) = ids(&w);
         let (app, id) = (app.to_owned(), id.to_owned());
-        inner
-            .webhooks
-            .write()
-            .expect("webhooks lock")
-            .entry(app.clone())
-            .or_default()
-            .insert(id.clone(), Arc::new(w));
+        fresh.entry(app).or_default().insert(id, Arc::new(w));
+    }
+    let pairs: Vec<(String, String)> = {
+        let mut cache = inner.webhooks.write().expect("webhooks lock");
+        let unchanged = |app: &str, id: &str, w: Option<&Arc<v3::ApplicationWebhook>>| {
+            let old = before.get(app).and_then(|m| m.get(id));
+            match (old, w) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+        };
+        // Set here during the scan: keep.
+        for (app, m) in cache.iter() {
+            for (id, w) in m {
+                if !unchanged(app, id, Some(w)) {
+                    fresh
+                        .entry(app.clone())
+                        .or_default()
+                        .insert(id.clone(), w.clone());
+                }
+            }
+        }
+        // Deleted here during the scan: drop.
+        for (app, m) in &before {
+            for id in m.keys() {
+                if cache.get(app).and_then(|c| c.get(id)).is_none()
+                    && let Some(f) = fresh.get_mut(app)
+                {
+                    f.remove(id);
+                }
+            }
+        }
+        *cache = fresh;
+        cache
+            .iter()
+            .flat_map(|(app, m)| m.keys().map(|id| (app.clone(), id.clone())))
+            .collect()
+    };
+    for (app, id) in pairs {
         ensure_worker(inner, &app, &id);
     }
     Ok(())

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 /// default-frequency-plan = "EU_863_870"
 /// adr-margin = 15.0
 /// max-downlink-retries = 3
-/// unlinked-buffer = 1000
+/// f-opts-counter-variant = "original-1-1"
+/// [network-server.link]
+/// outbox-limit = 10000
 /// [network-server.key-encryption-keys]
 /// "ns:default" = "000102030405060708090a0b0c0d0e0f"
 /// ```
@@ -45,12 +47,28 @@ pub struct NsConfig {
     /// Retransmissions of an unacknowledged confirmed downlink before it is given up
     /// (`downlink_nack`), unless the device's MAC settings say otherwise.
     pub max_downlink_retries: u32,
-    /// Messages per application kept (in the store) while no Application Server is linked;
-    /// beyond this, the oldest are evicted (counted and logged).
-    pub unlinked_buffer: usize,
+    /// `[network-server.link]`: the AS↔NS link.
+    pub link: NsLinkConfig,
     /// Key-encryption keys of this NS, by label (`"ns:default"` → 32 hex digits), to unwrap
     /// the network session keys the Join Server wraps for it.
     pub key_encryption_keys: BTreeMap<String, String>,
+    /// How LoRaWAN 1.1 devices whose MAC settings do not say encrypt FOpts: `"errata"` or
+    /// `"original-1-1"` (the default, what this NS always did, so that registered devices
+    /// keep working).
+    pub f_opts_counter_variant: FOptsVariant,
+}
+
+/// The FOpts encryption block layout of a LoRaWAN 1.1 device (the 1.1 errata changed it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum FOptsVariant {
+    /// The errata: FCntUp/NFCntDown with `a[4] = 1`, AFCntDown with `a[4] = 2` for downlinks
+    /// with FPort > 0, `a[15] = 1`.
+    #[serde(rename = "errata")]
+    Errata,
+    /// LoRaWAN 1.1 as first published: `a[4] = a[15] = 0`.
+    #[default]
+    #[serde(rename = "original-1-1")]
+    Original11,
 }
 
 impl Default for NsConfig {
@@ -64,8 +82,27 @@ impl Default for NsConfig {
             default_frequency_plan: "EU_863_870".to_owned(),
             adr_margin: 15.0,
             max_downlink_retries: 3,
-            unlinked_buffer: 1000,
+            link: NsLinkConfig::default(),
             key_encryption_keys: BTreeMap::new(),
+            f_opts_counter_variant: FOptsVariant::default(),
+        }
+    }
+}
+
+/// `[network-server.link]`: the outbox of the AS↔NS link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NsLinkConfig {
+    /// Messages per application kept in the persisted outbox until an Application Server
+    /// acknowledges them (sent or not, linked or not); beyond this, the oldest are dropped
+    /// with an `ns.link.drop` event and `tern_ns_link_dropped_total{reason="outbox_full"}`.
+    pub outbox_limit: usize,
+}
+
+impl Default for NsLinkConfig {
+    fn default() -> Self {
+        Self {
+            outbox_limit: 10_000,
         }
     }
 }
@@ -125,8 +162,8 @@ impl NsConfig {
         if self.dedup_window.is_zero() {
             return Err("dedup-window: must be above zero".to_owned());
         }
-        if self.unlinked_buffer == 0 {
-            return Err("unlinked-buffer: must be at least 1".to_owned());
+        if self.link.outbox_limit == 0 {
+            return Err("link.outbox-limit: must be at least 1".to_owned());
         }
         self.keks()?;
         Ok(())
@@ -185,5 +222,19 @@ mod tests {
         let c: NsConfig = toml::from_str("net-id = \"000013\"\ndedup-window = \"50ms\"\n").unwrap();
         assert_eq!(c.dedup_window, Duration::from_millis(50));
         assert!(toml::from_str::<NsConfig>("nope = 1").is_err());
+        let c: NsConfig = toml::from_str("f-opts-counter-variant = \"errata\"\n").unwrap();
+        assert_eq!(c.f_opts_counter_variant, FOptsVariant::Errata);
+        assert!(toml::from_str::<NsConfig>("f-opts-counter-variant = \"1.1\"").is_err());
+    }
+
+    #[test]
+    fn link_outbox_limit_parses_and_must_be_positive() {
+        let c: NsConfig = toml::from_str("[link]\noutbox-limit = 10000\n").unwrap();
+        assert_eq!(c, NsConfig::default());
+        let c: NsConfig = toml::from_str("[link]\noutbox-limit = 0\n").unwrap();
+        assert_eq!(
+            c.validate().unwrap_err(),
+            "link.outbox-limit: must be at least 1"
+        );
     }
 }

@@ -1,14 +1,21 @@
 //! The in-memory device table: every device with a session, indexed by DevAddr (current and
 //! pending sessions) and by `application_id/device_id`, so that matching an uplink is one
 //! hash lookup plus the MICs. Sharded, so that no lock is global on the hot path.
+//!
+//! Several Network Servers may share one store: the table is then a cache that `shared`
+//! fills on a miss and refreshes when another instance moved a device on.
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use lorawan::crypto::{self, FOptsCounterVariant};
 use lorawan::{Aes128Key, DevAddr, Direction, MType, PhyPayload};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use prost::Message;
 use tern_api::v3;
 use tern_store::NsDeviceRecord;
@@ -447,6 +454,80 @@ pub struct Devices {
     hasher: RandomState,
     by_addr: Box<[AddrShard]>,
     by_key: Box<[RwLock<HashMap<String, Slot>>]>,
+    /// DevAddrs the shared store recently had no device for: a flood of unknown DevAddrs
+    /// costs one store read per DevAddr and period, not one per frame.
+    unknown: RecentSet,
+    /// DevAddrs whose devices were recently re-read after a failed verification.
+    refreshed: RecentSet,
+    /// Reads of the shared store on behalf of the index, by outcome.
+    lookups: Family<[(&'static str, &'static str); 1], Counter>,
+}
+
+/// How long a DevAddr stays in a [`RecentSet`].
+pub const RECENT_TTL: Duration = Duration::from_secs(2);
+
+/// How many DevAddrs a [`RecentSet`] holds at most.
+pub const RECENT_CAPACITY: usize = 65_536;
+
+/// A bounded set of DevAddrs, each remembered for a while.
+pub struct RecentSet {
+    ttl: Duration,
+    capacity: usize,
+    entries: Mutex<HashMap<DevAddr, Instant>>,
+}
+
+impl RecentSet {
+    /// A set that keeps each DevAddr for `ttl`, and at most `capacity` of them.
+    pub fn new(ttl: Duration, capacity: usize) -> Self {
+        Self {
+            ttl,
+            capacity: capacity.max(1),
+            entries: Mutex::default(),
+        }
+    }
+
+    /// Whether `addr` was added less than the TTL ago.
+    pub fn contains(&self, addr: DevAddr) -> bool {
+        let mut entries = self.entries.lock().expect("recent set lock");
+        match entries.get(&addr) {
+            Some(at) if at.elapsed() < self.ttl => true,
+            Some(_) => {
+                entries.remove(&addr);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Adds `addr` (from now); when full, expired entries go first, then any one.
+    pub fn insert(&self, addr: DevAddr) {
+        let mut entries = self.entries.lock().expect("recent set lock");
+        if entries.len() >= self.capacity && !entries.contains_key(&addr) {
+            let ttl = self.ttl;
+            entries.retain(|_, at| at.elapsed() < ttl);
+            if entries.len() >= self.capacity
+                && let Some(victim) = entries.keys().next().copied()
+            {
+                entries.remove(&victim);
+            }
+        }
+        entries.insert(addr, Instant::now());
+    }
+
+    /// Forgets `addr`.
+    pub fn remove(&self, addr: DevAddr) {
+        self.entries.lock().expect("recent set lock").remove(&addr);
+    }
+
+    /// How many DevAddrs are held (expired ones included until they are evicted).
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("recent set lock").len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl Default for Devices {
@@ -462,7 +543,34 @@ impl Devices {
             hasher: RandomState::new(),
             by_addr: (0..SHARDS).map(|_| RwLock::default()).collect(),
             by_key: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            unknown: RecentSet::new(RECENT_TTL, RECENT_CAPACITY),
+            refreshed: RecentSet::new(RECENT_TTL, RECENT_CAPACITY),
+            lookups: Family::default(),
         }
+    }
+
+    /// Registers the index metrics (`device_index_lookups`).
+    pub fn register_metrics(&self, r: &mut Registry) {
+        r.register(
+            "device_index_lookups",
+            "Shared store reads after a device index miss or a stale device, by outcome",
+            self.lookups.clone(),
+        );
+    }
+
+    /// Counts one store read of the index with `outcome`.
+    pub fn count_lookup(&self, outcome: &'static str) {
+        self.lookups.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    /// DevAddrs the shared store recently had no device for.
+    pub fn unknown(&self) -> &RecentSet {
+        &self.unknown
+    }
+
+    /// DevAddrs whose devices were recently re-read from the shared store.
+    pub fn refreshed(&self) -> &RecentSet {
+        &self.refreshed
     }
 
     fn addr_shard(&self, a: DevAddr) -> &AddrShard {
@@ -522,6 +630,7 @@ impl Devices {
             }
         }
         for a in new.iter().filter(|a| !old.contains(a)) {
+            self.unknown.remove(*a);
             let mut shard = self.addr_shard(*a).write().expect("device index lock");
             let v = shard.entry(*a).or_default();
             if !v.iter().any(|(k, _)| k == key) {

@@ -20,6 +20,7 @@ pub mod link;
 mod mac;
 mod registry;
 mod server;
+mod shared;
 
 use std::sync::Arc;
 
@@ -84,7 +85,11 @@ impl NetworkServer {
             .validate()
             .map_err(|e| anyhow::anyhow!("[network-server] {e}"))?;
         let links = LinkHub::new();
-        let bound = deps.config.unlinked_buffer;
+        let link_options = crate::link::LinkOptions {
+            outbox_limit: deps.config.link.outbox_limit,
+            instance_id: deps.instance_id.clone(),
+            events: deps.events.clone(),
+        };
         let core = Arc::new(Core::new(
             deps.config,
             deps.store.clone(),
@@ -93,7 +98,7 @@ impl NetworkServer {
             links.clone(),
             deps.instance_id,
         ));
-        links.attach(deps.store, Arc::new(core.clone()), bound);
+        links.attach(deps.store, Arc::new(core.clone()), link_options);
         Ok(Self {
             links,
             auth: deps.auth,
@@ -232,6 +237,7 @@ impl RoleService for NetworkServer {
             let n = core.load().await?;
             tracing::info!(devices = n, "Network Server devices loaded");
         }
+        self.links.open_outbox().await?;
         let (links, shutdown) = (self.links.clone(), ctx.shutdown.clone());
         tokio::spawn(async move {
             shutdown.wait().await;
@@ -247,6 +253,8 @@ impl RoleService for NetworkServer {
 
     async fn shutdown(&self) -> anyhow::Result<()> {
         self.state.stopped();
+        // What `deliver` took is committed to the outbox before the store closes.
+        self.links.flush().await;
         Ok(())
     }
 }

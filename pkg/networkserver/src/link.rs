@@ -1,42 +1,97 @@
-//! The NS end of the AS↔NS link: who holds the link of which application.
+//! The NS end of the AS↔NS link: who holds the link of which application, and the
+//! persisted outbox that makes delivery at-least-once across link drops and NS crashes.
 //!
 //! An Application Server opens the link (a bidirectional gRPC stream, or an in-process call)
 //! and names the applications it serves in its first frame. The hub checks the caller may
 //! link each of them (cluster peers may link any; an API key only its own application, with
 //! `application:link`), refuses an application another AS already holds (naming the
-//! holder), and keeps the sending half of the link so that the uplink path can deliver to
-//! it. One AS holds an application at a time; a link for all applications (a cluster AS)
-//! serves every application no specific link holds.
+//! holder), and streams that application's messages to it. One AS holds an application at a
+//! time; a link for all applications (a cluster AS) serves every application no specific
+//! link holds.
+//!
+//! # Acknowledged delivery
+//!
+//! Every message for an application (uplink, join-accept, downlink event) gets the next
+//! sequence number of its application and is written to the outbox ([`LINK_BACKLOG`]) by one
+//! writer task, many messages per group commit, before any link sends it. A pump task per
+//! link sends, in sequence order, every stored message of its applications after the last
+//! one the AS acknowledged, then the new ones as they are committed. The AS acknowledges
+//! cumulatively (`LinkAck`) once it has handed messages on; only then are they deleted. On
+//! (re)link, or after an NS restart on the same store, everything unacknowledged is sent
+//! again; the AS drops what it already processed by (`ns_instance_id`, sequence).
+//!
+//! What a crash can lose: only messages handed to [`LinkHub::deliver`] whose outbox commit
+//! had not completed (at most one group commit's worth, a few milliseconds; [`LinkHub::flush`]
+//! waits for them at shutdown). Nothing committed is deleted unless the AS acknowledged it
+//! or the outbox overflowed (`network-server.link.outbox-limit`), which drops the oldest
+//! with an `ns.link.drop` event and `tern_ns_link_dropped_total{reason="outbox_full"}`.
+//! In-process, frames go through channels as prost structs; only the outbox copy is encoded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
-
-use prost::Message;
-use tern_store::{Batch, Expect, Store, Table};
 
 use async_trait::async_trait;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use prost::Message;
 use tern_api::v3;
 use tern_cluster::auth::{Caller, RIGHT_APPLICATION_LINK};
 use tern_cluster::links::{AsNs, BoxStream, LinkResult};
 use tern_cluster::role::Shutdown;
-use tokio::sync::mpsc;
+use tern_events::{Event, EventBus};
+use tern_store::{Batch, Expect, Store, StoreError, Table};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// How long an AS has to send its `LinkStart` after opening the stream.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How many frames may wait for a slow AS before the link is dropped (the AS relinks and
-/// the NS resends what was not acknowledged).
+/// `ns.link.drop`: messages left the outbox without an acknowledgement (outbox full, or
+/// the store refused them); the data says how many and why. Defined in the event catalogue.
+pub use tern_events::definitions::NS_LINK_DROP;
+
+/// Frames that may wait for a slow AS; beyond, the pump waits (only this link slows down).
 const LINK_BUFFER: usize = 1024;
+/// Messages per outbox commit at most.
+const WRITE_BATCH: usize = 512;
+/// Messages waiting for the outbox writer; beyond, `deliver` waits (backpressure).
+const WRITE_QUEUE: usize = 8192;
+/// Committed messages per linked application kept in memory, so that a live link sends
+/// without reading (and decoding) them back from the store. Unlinked applications keep none
+/// (their backlog is in the store only), so memory does not grow with them.
+const RECENT: usize = 32;
+/// Messages read from the store per page when a link catches up.
+const READ_PAGE: usize = 256;
+/// Waits between attempts to commit an outbox write.
+const RETRIES: [Duration; 3] = [
+    Duration::from_millis(20),
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+];
+
+/// The outbox: unacknowledged messages, by `{ns instance}/{application_id}/{sequence}`
+/// (sequence in 20 digits, so that keys sort by sequence; `/` and `%` of the instance ID
+/// escaped).
+pub static LINK_BACKLOG: Table = Table {
+    name: "ns.link-backlog",
+    what: "NS link outbox message",
+};
+
+/// Outbox bookkeeping: `{ns instance}` → the epoch of its sequence numbers (random, made
+/// once), `{ns instance}/{application_id}` → the last acknowledged sequence (so that
+/// numbering continues after every message was acknowledged and deleted).
+pub static LINK_OUTBOX_STATE: Table = Table {
+    name: "ns.link-outbox-state",
+    what: "NS link outbox state",
+};
 
 /// Who holds a link.
 #[derive(Debug, Clone)]
@@ -52,21 +107,18 @@ struct Links {
     all: Option<Holder>,
 }
 
+type ReasonFamily = Family<[(&'static str, &'static str); 1], Counter>;
+
 /// Link metrics, registered under `tern_ns_`.
 #[derive(Clone, Default)]
 struct LinkMetrics {
     active: Gauge,
-    refused: Family<[(&'static str, &'static str); 1], Counter>,
-    kept: Counter,
-    evicted: Counter,
+    refused: ReasonFamily,
+    written: Counter,
+    acknowledged: Counter,
+    dropped: ReasonFamily,
+    ack_refused: ReasonFamily,
 }
-
-/// Messages kept for applications that no AS holds, by `application_id/sequence` (20
-/// digits, so that keys sort by sequence).
-pub static LINK_BACKLOG: Table = Table {
-    name: "ns.link-backlog",
-    what: "NS link backlog message",
-};
 
 /// Answers the downlink queue operations that arrive on links.
 #[async_trait]
@@ -83,11 +135,35 @@ pub trait QueueHandler: Send + Sync + 'static {
     ) -> Result<v3::ApplicationDownlinks, Status>;
 }
 
-/// What a hub of a running NS has: its store (for the backlog) and its queue handler.
+/// How the hub of a running NS keeps its outbox.
+#[derive(Clone)]
+pub struct LinkOptions {
+    /// Messages per application kept until acknowledged (`network-server.link.outbox-limit`).
+    pub outbox_limit: usize,
+    /// This NS instance's name: outbox keys and sequence numbers are per instance, so that
+    /// several NS instances can share a store.
+    pub instance_id: String,
+    /// Where `ns.link.drop` events go.
+    pub events: EventBus,
+}
+
+/// The outbox of one application, as the last acknowledgement and commit left it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxState {
+    /// The last sequence number committed to the outbox (and so sendable).
+    pub last: u64,
+    /// The last sequence number the AS acknowledged.
+    pub acknowledged: u64,
+    /// Messages still in the outbox (committed, neither acknowledged nor dropped).
+    pub kept: u64,
+}
+
+/// What a hub of a running NS has: its store (for the outbox) and its queue handler.
 struct Attached {
     store: Store,
     handler: Arc<dyn QueueHandler>,
-    bound: usize,
+    options: LinkOptions,
+    outbox: tokio::sync::OnceCell<Arc<Outbox>>,
 }
 
 /// The applications linked to this Network Server, and to which AS.
@@ -98,7 +174,516 @@ pub struct LinkHub {
     metrics: LinkMetrics,
     closing: Shutdown,
     attached: Arc<OnceLock<Attached>>,
-    sequences: Arc<tokio::sync::Mutex<HashMap<String, u64>>>,
+    /// Sequence numbers of a hub without a store (nothing is kept).
+    unattached_sequences: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+/// One application's part of the outbox.
+#[derive(Default)]
+struct AppOutbox {
+    /// Last committed sequence.
+    last: u64,
+    /// Last acknowledged sequence.
+    acked: u64,
+    /// Lowest sequence that may still be stored; the stored ones are `oldest..=last`
+    /// (acknowledgements and drops only ever remove the oldest).
+    oldest: u64,
+    /// The newest committed, unacknowledged messages, in order.
+    recent: VecDeque<Arc<v3::SequencedApplicationUp>>,
+}
+
+impl AppOutbox {
+    fn kept(&self) -> u64 {
+        (self.last + 1).saturating_sub(self.oldest.max(self.acked + 1))
+    }
+
+    /// Forgets everything up to `sequence` (acknowledged or dropped).
+    fn forget_through(&mut self, sequence: u64) {
+        self.oldest = self.oldest.max(sequence + 1);
+        while self.recent.front().is_some_and(|f| f.sequence <= sequence) {
+            self.recent.pop_front();
+        }
+    }
+}
+
+// Messages are nearly every input: boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+enum Input {
+    Message(String, v3::ApplicationUp),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Why an acknowledgement was refused: (metric reason, gRPC code, message).
+type AckRefusal = (&'static str, tonic::Code, String);
+
+/// The persisted outbox of one NS instance.
+struct Outbox {
+    store: Store,
+    /// `{escaped instance}/`.
+    prefix: String,
+    /// What messages carry as `ns_instance_id`: the instance and the epoch of its numbering.
+    stream_id: String,
+    limit: u64,
+    events: EventBus,
+    metrics: LinkMetrics,
+    /// The hub's link table: which applications an AS holds now.
+    links: Arc<Mutex<Links>>,
+    apps: Mutex<HashMap<String, AppOutbox>>,
+    /// Bumped after each commit, to wake the pumps.
+    written: watch::Sender<u64>,
+    input: mpsc::Sender<Input>,
+    /// Acknowledgements one at a time: the stored "last acknowledged" must never go back.
+    ack_lock: tokio::sync::Mutex<()>,
+}
+
+impl Outbox {
+    /// Loads the outbox of `options.instance_id` from the store and starts its writer.
+    async fn open(
+        store: Store,
+        options: &LinkOptions,
+        metrics: LinkMetrics,
+        links: Arc<Mutex<Links>>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let name = if options.instance_id.is_empty() {
+            "ns"
+        } else {
+            &options.instance_id
+        };
+        let instance = escape(name);
+        let epoch = epoch(&store, &instance).await?;
+        let prefix = format!("{instance}/");
+        let mut apps: HashMap<String, AppOutbox> = HashMap::new();
+        // Acknowledged first: a stored message always follows its application's last ack.
+        for record in scan_all(&store, &LINK_OUTBOX_STATE, &prefix).await? {
+            let app = &record.key[prefix.len()..];
+            let acked = std::str::from_utf8(&record.value)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0);
+            let a = apps.entry(app.to_owned()).or_default();
+            a.acked = acked;
+            a.last = a.last.max(acked);
+            a.oldest = acked + 1;
+        }
+        let mut stored: HashMap<String, (u64, u64)> = HashMap::new();
+        // Page by page: only the keys matter here, the messages stay in the store.
+        let mut after: Option<String> = None;
+        loop {
+            let page = store
+                .scan(&LINK_BACKLOG, &prefix, after.as_deref(), 1000)
+                .await?;
+            for record in &page.items {
+                let Some((app, sequence)) = split_key(&record.key[prefix.len()..]) else {
+                    continue;
+                };
+                let range = stored.entry(app.to_owned()).or_insert((sequence, sequence));
+                range.0 = range.0.min(sequence);
+                range.1 = range.1.max(sequence);
+            }
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        for (app, (min, max)) in stored {
+            let a = apps.entry(app).or_default();
+            a.oldest = min;
+            a.last = a.last.max(max);
+        }
+        for a in apps.values_mut() {
+            a.oldest = a.oldest.max(1);
+        }
+        let (input, rx) = mpsc::channel(WRITE_QUEUE);
+        let outbox = Arc::new(Self {
+            store,
+            prefix,
+            stream_id: format!("{name}~{epoch}"),
+            limit: options.outbox_limit.max(1) as u64,
+            events: options.events.clone(),
+            metrics,
+            links,
+            apps: Mutex::new(apps),
+            written: watch::Sender::new(0),
+            input,
+            ack_lock: tokio::sync::Mutex::new(()),
+        });
+        tokio::spawn(write_loop(Arc::downgrade(&outbox), rx));
+        Ok(outbox)
+    }
+
+    fn key(&self, application_id: &str, sequence: u64) -> String {
+        format!("{}{application_id}/{sequence:020}", self.prefix)
+    }
+
+    fn state(&self, application_id: &str) -> OutboxState {
+        let apps = self.apps.lock().expect("outbox lock");
+        apps.get(application_id)
+            .map_or(OutboxState::default(), |a| OutboxState {
+                last: a.last,
+                acknowledged: a.acked,
+                kept: a.kept(),
+            })
+    }
+
+    /// Commits, retrying a failing store a few times (not a closed one).
+    async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut waits = RETRIES.iter();
+        loop {
+            match self.store.commit_grouped(batch.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Closed) => return Err(StoreError::Closed),
+                Err(e) => match waits.next() {
+                    Some(wait) => {
+                        debug!(error = %e, "outbox commit failed; retrying");
+                        tokio::time::sleep(*wait).await;
+                    }
+                    None => return Err(e),
+                },
+            }
+        }
+    }
+
+    /// Numbers, commits and publishes one batch of messages (the writer task only).
+    async fn write(&self, inputs: Vec<Input>) {
+        let mut flushes = Vec::new();
+        let mut frames: Vec<(String, Arc<v3::SequencedApplicationUp>)> = Vec::new();
+        {
+            let apps = self.apps.lock().expect("outbox lock");
+            let mut next: HashMap<String, u64> = HashMap::new();
+            for input in inputs {
+                match input {
+                    Input::Flush(done) => flushes.push(done),
+                    Input::Message(app, up) => {
+                        let n = next
+                            .entry(app.clone())
+                            .or_insert_with(|| apps.get(&app).map_or(0, |a| a.last));
+                        *n += 1;
+                        let frame = v3::SequencedApplicationUp {
+                            sequence: *n,
+                            up: Some(up),
+                            ns_instance_id: self.stream_id.clone(),
+                        };
+                        frames.push((app, Arc::new(frame)));
+                    }
+                }
+            }
+        }
+        if !frames.is_empty() {
+            let mut batch = Batch::new();
+            for (app, frame) in &frames {
+                batch.put(
+                    &LINK_BACKLOG,
+                    self.key(app, frame.sequence),
+                    frame.encode_to_vec(),
+                    Expect::Any,
+                    Vec::new(),
+                );
+            }
+            match self.commit(batch).await {
+                Ok(()) => self.committed(frames).await,
+                Err(e) => {
+                    // Numbers are reused: nothing was sent or stored.
+                    let mut by_app: HashMap<String, u64> = HashMap::new();
+                    for (app, _) in &frames {
+                        *by_app.entry(app.clone()).or_default() += 1;
+                    }
+                    for (app, n) in by_app {
+                        self.dropped(
+                            &app,
+                            "store_error",
+                            n,
+                            format!(
+                                "{n} messages for application {app:?} could not be written to the link outbox: {e}"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+
+    /// Records committed frames, drops the oldest beyond the limit, and wakes the pumps.
+    async fn committed(&self, frames: Vec<(String, Arc<v3::SequencedApplicationUp>)>) {
+        self.metrics.written.inc_by(frames.len() as u64);
+        let linked: HashMap<String, bool> = {
+            let links = self.links.lock().expect("link table lock");
+            frames
+                .iter()
+                .map(|(app, _)| {
+                    let linked = links.all.is_some() || links.by_application.contains_key(app);
+                    (app.clone(), linked)
+                })
+                .collect()
+        };
+        let mut over = Vec::new();
+        {
+            let mut apps = self.apps.lock().expect("outbox lock");
+            for (app, frame) in frames {
+                let a = apps.entry(app.clone()).or_default();
+                a.last = frame.sequence;
+                a.oldest = a.oldest.max(1);
+                if linked.get(&app).copied().unwrap_or(false) {
+                    a.recent.push_back(frame);
+                    if a.recent.len() > RECENT {
+                        a.recent.pop_front();
+                    }
+                } else {
+                    a.recent.clear();
+                }
+            }
+            for app in linked.keys() {
+                let Some(a) = apps.get(app) else { continue };
+                if a.kept() > self.limit {
+                    let from = a.oldest.max(a.acked + 1);
+                    over.push((app.clone(), from, a.last - self.limit));
+                }
+            }
+        }
+        for (app, from, through) in over {
+            self.evict(&app, from, through).await;
+        }
+        self.written.send_modify(|g| *g += 1);
+    }
+
+    /// Drops `from..=through` of an application's outbox because it is full.
+    async fn evict(&self, application_id: &str, from: u64, through: u64) {
+        let mut batch = Batch::new();
+        for sequence in from..=through {
+            batch.delete(
+                &LINK_BACKLOG,
+                self.key(application_id, sequence),
+                Expect::Any,
+            );
+        }
+        if let Err(e) = self.commit(batch).await {
+            warn!(application_id, error = %e, "cannot drop the oldest messages of a full link outbox; it stays over its limit");
+            return;
+        }
+        self.apps
+            .lock()
+            .expect("outbox lock")
+            .entry(application_id.to_owned())
+            .or_default()
+            .forget_through(through);
+        self.dropped(
+            application_id,
+            "outbox_full",
+            through - from + 1,
+            format!(
+                "the link outbox of application {application_id:?} is full ({} messages): \
+                 dropped unacknowledged sequences {from}..={through}",
+                self.limit
+            ),
+        );
+    }
+
+    /// Counts, logs and publishes a drop.
+    fn dropped(&self, application_id: &str, reason: &'static str, n: u64, message: String) {
+        self.metrics
+            .dropped
+            .get_or_create(&[("reason", reason)])
+            .inc_by(n);
+        warn!(application_id, reason, dropped = n, "{message}");
+        let details = v3::ErrorDetails {
+            code: if reason == "outbox_full" {
+                tonic::Code::ResourceExhausted as u32
+            } else {
+                tonic::Code::Unavailable as u32
+            },
+            name: reason.to_owned(),
+            message,
+            attributes: [
+                ("dropped".to_owned(), n.to_string()),
+                ("ns_instance_id".to_owned(), self.stream_id.clone()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        self.events.publish(
+            Event::new(&NS_LINK_DROP)
+                .with_identifiers([v3::ApplicationIdentifiers {
+                    application_id: application_id.to_owned(),
+                }])
+                .with_data(&details),
+        );
+    }
+
+    /// Up to `limit` committed messages after `cursor`, in order: from memory when it
+    /// holds them, else from the store.
+    async fn read_after(
+        &self,
+        application_id: &str,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<v3::SequencedApplicationUp>>, StoreError> {
+        {
+            let apps = self.apps.lock().expect("outbox lock");
+            let Some(a) = apps.get(application_id) else {
+                return Ok(Vec::new());
+            };
+            if cursor >= a.last {
+                return Ok(Vec::new());
+            }
+            if a.recent.front().is_some_and(|f| f.sequence <= cursor + 1) {
+                return Ok(a
+                    .recent
+                    .iter()
+                    .filter(|f| f.sequence > cursor)
+                    .take(limit)
+                    .cloned()
+                    .collect());
+            }
+        }
+        let page = self
+            .store
+            .scan(
+                &LINK_BACKLOG,
+                &format!("{}{application_id}/", self.prefix),
+                Some(&self.key(application_id, cursor)),
+                limit,
+            )
+            .await?;
+        Ok(page
+            .items
+            .iter()
+            .filter_map(
+                |r| match v3::SequencedApplicationUp::decode(r.value.as_slice()) {
+                    Ok(f) => Some(Arc::new(f)),
+                    Err(e) => {
+                        warn!(key = %r.key, error = %e, "undecodable link outbox record skipped");
+                        None
+                    }
+                },
+            )
+            .collect())
+    }
+
+    /// Applies a cumulative acknowledgement: deletes the acknowledged messages and records
+    /// the sequence. Refuses one ahead of what was committed (nothing changes).
+    async fn acknowledge(&self, application_id: &str, sequence: u64) -> Result<(), AckRefusal> {
+        let _one_at_a_time = self.ack_lock.lock().await;
+        let from = {
+            let apps = self.apps.lock().expect("outbox lock");
+            let (last, acked, oldest) = apps
+                .get(application_id)
+                .map_or((0, 0, 1), |a| (a.last, a.acked, a.oldest));
+            if sequence > last {
+                return Err((
+                    "ahead",
+                    tonic::Code::OutOfRange,
+                    format!(
+                        "LinkAck.sequence {sequence} of application {application_id:?} is ahead \
+                         of the last sequence this Network Server sent, {last}"
+                    ),
+                ));
+            }
+            if sequence <= acked {
+                return Ok(());
+            }
+            oldest.max(acked + 1)
+        };
+        let mut batch = Batch::new();
+        for s in from..=sequence {
+            batch.delete(&LINK_BACKLOG, self.key(application_id, s), Expect::Any);
+        }
+        batch.put(
+            &LINK_OUTBOX_STATE,
+            format!("{}{application_id}", self.prefix),
+            sequence.to_string().into_bytes(),
+            Expect::Any,
+            Vec::new(),
+        );
+        self.commit(batch).await.map_err(|e| {
+            (
+                "store_error",
+                tonic::Code::Unavailable,
+                format!("cannot record the acknowledgement of application {application_id:?}: {e}"),
+            )
+        })?;
+        let mut apps = self.apps.lock().expect("outbox lock");
+        let a = apps.entry(application_id.to_owned()).or_default();
+        a.acked = a.acked.max(sequence);
+        a.forget_through(sequence);
+        self.metrics.acknowledged.inc_by(sequence + 1 - from);
+        Ok(())
+    }
+}
+
+/// The writer task: commits what `deliver` hands over, in batches, in order.
+async fn write_loop(outbox: Weak<Outbox>, mut rx: mpsc::Receiver<Input>) {
+    let mut inputs = Vec::with_capacity(WRITE_BATCH);
+    while rx.recv_many(&mut inputs, WRITE_BATCH).await > 0 {
+        let Some(outbox) = outbox.upgrade() else {
+            return;
+        };
+        outbox.write(std::mem::take(&mut inputs)).await;
+    }
+}
+
+/// The epoch of an instance's numbering: made once, kept in the store. A new store (or a
+/// wiped one) gets a new epoch, so an AS never takes its sequence numbers for old ones.
+async fn epoch(store: &Store, instance: &str) -> Result<String, StoreError> {
+    if let Some(r) = store.get(&LINK_OUTBOX_STATE, instance).await? {
+        return Ok(String::from_utf8_lossy(&r.value).into_owned());
+    }
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.write_u32(std::process::id());
+    let epoch = format!("{:016x}", h.finish());
+    let mut batch = Batch::new();
+    batch.put(
+        &LINK_OUTBOX_STATE,
+        instance,
+        epoch.clone().into_bytes(),
+        Expect::Absent,
+        Vec::new(),
+    );
+    match store.commit(batch).await {
+        Ok(_) => Ok(epoch),
+        // Another hub of the same instance made it first.
+        Err(StoreError::AlreadyExists { .. }) => Ok(store
+            .get(&LINK_OUTBOX_STATE, instance)
+            .await?
+            .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+            .unwrap_or(epoch)),
+        Err(e) => Err(e),
+    }
+}
+
+async fn scan_all(
+    store: &Store,
+    table: &'static Table,
+    prefix: &str,
+) -> Result<Vec<tern_store::Record>, StoreError> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.scan(table, prefix, after.as_deref(), 1000).await?;
+        out.extend(page.items);
+        match page.next {
+            Some(n) => after = Some(n),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// `/` and `%` of an instance ID escaped, so that it is one key segment.
+fn escape(instance: &str) -> String {
+    instance.replace('%', "%25").replace('/', "%2F")
+}
+
+/// `{application_id}/{sequence}` → its parts.
+fn split_key(rest: &str) -> Option<(&str, u64)> {
+    let (app, sequence) = rest.rsplit_once('/')?;
+    Some((app, sequence.parse().ok()?))
 }
 
 impl std::fmt::Debug for LinkHub {
@@ -110,7 +695,8 @@ impl std::fmt::Debug for LinkHub {
 }
 
 impl LinkHub {
-    /// A hub with no links.
+    /// A hub with no links and no outbox (messages go to a linked AS or are dropped,
+    /// counted); [`LinkHub::attach`] gives it its outbox.
     pub fn new() -> Self {
         Self::default()
     }
@@ -121,210 +707,153 @@ impl LinkHub {
         self.closing.trigger();
     }
 
-    /// Connects the hub to the NS: messages for unlinked applications are kept in `store`
-    /// (at most `bound` per application), queue operations go to `handler`. Once only;
-    /// later calls are ignored.
-    pub fn attach(&self, store: Store, handler: Arc<dyn QueueHandler>, bound: usize) {
+    /// Connects the hub to the NS: messages are kept in the outbox in `store` until
+    /// acknowledged (at most `options.outbox_limit` per application), queue operations go
+    /// to `handler`. Once only; later calls are ignored. The outbox is loaded on first use.
+    pub fn attach(&self, store: Store, handler: Arc<dyn QueueHandler>, options: LinkOptions) {
         let _ = self.attached.set(Attached {
             store,
             handler,
-            bound: bound.max(1),
+            options,
+            outbox: tokio::sync::OnceCell::new(),
         });
     }
 
-    /// Sends a message to the AS holding `application_id`'s link, with the next sequence
-    /// number of the application. When no AS holds it (or the link is gone), the message is
-    /// kept in the store and sent when an AS links; beyond the bound the oldest kept message
-    /// is evicted (counted in `tern_ns_link_backlog_evicted_total` and logged).
-    pub async fn deliver(&self, application_id: &str, up: v3::ApplicationUp) {
-        // The lock is held only to number the message (and once per application to find
-        // the last kept number), not while it is sent or stored.
-        let sequence = {
-            let mut sequences = self.sequences.lock().await;
-            let sequence = match sequences.get(application_id) {
-                Some(s) => s + 1,
-                None => self.last_kept_sequence(application_id).await + 1,
-            };
-            sequences.insert(application_id.to_owned(), sequence);
-            sequence
-        };
-        let frame = v3::SequencedApplicationUp {
-            sequence,
-            up: Some(up),
-        };
-        let response = v3::LinkResponse {
-            frame: Some(v3::link_response::Frame::Up(frame.clone())),
-        };
-        if self.send(application_id, response) {
-            return;
-        }
-        let Some(attached) = self.attached.get() else {
-            warn!(
-                application_id,
-                sequence, "no Application Server linked and no store to keep the message: dropped"
-            );
-            self.metrics.evicted.inc();
-            return;
-        };
-        let mut batch = Batch::new();
-        batch.put(
-            &LINK_BACKLOG,
-            backlog_key(application_id, sequence),
-            frame.encode_to_vec(),
-            Expect::Any,
-            Vec::new(),
-        );
-        if let Err(e) = attached.store.commit(batch).await {
-            warn!(application_id, sequence, error = %e, "cannot keep a message for an unlinked application: dropped");
-            self.metrics.evicted.inc();
-            return;
-        }
-        self.metrics.kept.inc();
-        let prefix = format!("{application_id}/");
-        let count = attached
-            .store
-            .count(&LINK_BACKLOG, &prefix)
-            .await
-            .unwrap_or(0);
-        if count as usize > attached.bound {
-            let excess = count as usize - attached.bound;
-            if let Ok(page) = attached
-                .store
-                .scan(&LINK_BACKLOG, &prefix, None, excess)
+    /// The outbox, loaded on first use; `None` without [`LinkHub::attach`].
+    async fn outbox(&self) -> Option<Result<Arc<Outbox>, StoreError>> {
+        let attached = self.attached.get()?;
+        Some(
+            attached
+                .outbox
+                .get_or_try_init(|| {
+                    Outbox::open(
+                        attached.store.clone(),
+                        &attached.options,
+                        self.metrics.clone(),
+                        self.links.clone(),
+                    )
+                })
                 .await
-            {
-                let mut batch = Batch::new();
-                for r in &page.items {
-                    batch.delete(&LINK_BACKLOG, r.key.clone(), Expect::Any);
+                .cloned(),
+        )
+    }
+
+    /// Hands a message for `application_id` to the outbox, which numbers it, commits it
+    /// (grouped with others) and then sends it to the AS holding the link, now or when one
+    /// links. Returns once the outbox has taken it, not when it is on disk (see the module
+    /// documentation for what a crash can lose). Without an outbox, the message is sent
+    /// if an AS is linked and otherwise dropped (counted, logged).
+    pub async fn deliver(&self, application_id: &str, up: v3::ApplicationUp) {
+        match self.outbox().await {
+            Some(Ok(outbox)) => {
+                if outbox
+                    .input
+                    .send(Input::Message(application_id.to_owned(), up))
+                    .await
+                    .is_err()
+                {
+                    outbox.dropped(
+                        application_id,
+                        "store_error",
+                        1,
+                        format!(
+                            "the link outbox writer of application {application_id:?} is gone: message dropped"
+                        ),
+                    );
                 }
-                if attached.store.commit(batch).await.is_ok() {
-                    self.metrics.evicted.inc_by(page.items.len() as u64);
+            }
+            Some(Err(e)) => {
+                self.metrics
+                    .dropped
+                    .get_or_create(&[("reason", "store_error")])
+                    .inc();
+                warn!(application_id, error = %e, "the link outbox cannot be loaded: message dropped");
+                if let Some(attached) = self.attached.get() {
+                    attached.options.events.publish(
+                        Event::new(&NS_LINK_DROP)
+                            .with_identifiers([v3::ApplicationIdentifiers {
+                                application_id: application_id.to_owned(),
+                            }])
+                            .with_data(&v3::ErrorDetails {
+                                code: tonic::Code::Unavailable as u32,
+                                name: "store_error".to_owned(),
+                                message: format!("the link outbox cannot be loaded: {e}"),
+                                ..Default::default()
+                            }),
+                    );
+                }
+            }
+            None => {
+                let sequence = {
+                    let mut sequences = self.unattached_sequences.lock().expect("sequence lock");
+                    let s = sequences.entry(application_id.to_owned()).or_insert(0);
+                    *s += 1;
+                    *s
+                };
+                let frame = v3::LinkResponse {
+                    frame: Some(v3::link_response::Frame::Up(v3::SequencedApplicationUp {
+                        sequence,
+                        up: Some(up),
+                        ns_instance_id: String::new(),
+                    })),
+                };
+                if !self.send(application_id, frame) {
+                    self.metrics
+                        .dropped
+                        .get_or_create(&[("reason", "no_outbox")])
+                        .inc();
                     warn!(
                         application_id,
-                        evicted = page.items.len(),
-                        bound = attached.bound,
-                        "link backlog full: oldest messages evicted"
+                        sequence,
+                        "no Application Server linked and no outbox to keep the message: dropped"
                     );
                 }
             }
         }
     }
 
-    /// The highest sequence kept for an application (0: none).
-    async fn last_kept_sequence(&self, application_id: &str) -> u64 {
-        let Some(attached) = self.attached.get() else {
-            return 0;
-        };
-        let prefix = format!("{application_id}/");
-        let mut after: Option<String> = None;
-        let mut last = 0;
-        loop {
-            let Ok(page) = attached
-                .store
-                .scan(&LINK_BACKLOG, &prefix, after.as_deref(), 500)
-                .await
-            else {
-                return last;
-            };
-            if let Some(r) = page.items.last() {
-                last = sequence_of(&r.key).unwrap_or(last);
-            }
-            match page.next {
-                Some(n) => after = Some(n),
-                None => return last,
-            }
+    /// Loads the outbox now (at start) instead of at first use, so that a store failure
+    /// stops the start. Nothing to do without [`LinkHub::attach`].
+    pub async fn open_outbox(&self) -> Result<(), StoreError> {
+        match self.outbox().await {
+            Some(Err(e)) => Err(e),
+            _ => Ok(()),
         }
     }
 
-    /// Forgets the kept messages of an application up to `sequence`, and makes the next
-    /// sequence number follow it.
-    async fn acknowledge(&self, application_id: &str, sequence: u64) {
-        {
-            let mut sequences = self.sequences.lock().await;
-            let s = sequences.entry(application_id.to_owned()).or_insert(0);
-            *s = (*s).max(sequence);
-        }
-        let Some(attached) = self.attached.get() else {
+    /// Returns once every message handed to [`LinkHub::deliver`] before the call is
+    /// committed to the outbox (or dropped, counted): at shutdown, and for tests.
+    pub async fn flush(&self) {
+        let Some(outbox) = self.attached.get().and_then(|a| a.outbox.get()) else {
             return;
         };
-        let prefix = format!("{application_id}/");
-        loop {
-            let Ok(page) = attached.store.scan(&LINK_BACKLOG, &prefix, None, 500).await else {
-                return;
-            };
-            let mut batch = Batch::new();
-            for r in page
-                .items
-                .iter()
-                .filter(|r| sequence_of(&r.key).is_some_and(|s| s <= sequence))
-            {
-                batch.delete(&LINK_BACKLOG, r.key.clone(), Expect::Any);
-            }
-            let done = batch.ops.len() < page.items.len() || page.next.is_none();
-            if batch.ops.is_empty() || attached.store.commit(batch).await.is_err() {
-                return;
-            }
-            if done {
-                return;
-            }
+        let (done, wait) = oneshot::channel();
+        if outbox.input.send(Input::Flush(done)).await.is_ok() {
+            let _ = wait.await;
         }
     }
 
-    /// The kept messages of the applications of a new link (all applications: every one).
-    async fn backlog(
-        &self,
-        applications: &[v3::ApplicationIdentifiers],
-        all: bool,
-    ) -> Vec<v3::SequencedApplicationUp> {
-        let Some(attached) = self.attached.get() else {
-            return Vec::new();
-        };
-        let prefixes: Vec<String> = if all {
-            vec![String::new()]
-        } else {
-            applications
-                .iter()
-                .map(|a| format!("{}/", a.application_id))
-                .collect()
-        };
-        let mut out = Vec::new();
-        for prefix in prefixes {
-            let mut after: Option<String> = None;
-            loop {
-                let Ok(page) = attached
-                    .store
-                    .scan(&LINK_BACKLOG, &prefix, after.as_deref(), 500)
-                    .await
-                else {
-                    break;
-                };
-                out.extend(
-                    page.items.iter().filter_map(|r| {
-                        v3::SequencedApplicationUp::decode(r.value.as_slice()).ok()
-                    }),
-                );
-                match page.next {
-                    Some(n) => after = Some(n),
-                    None => break,
-                }
-            }
+    /// An application's outbox: last sequence, last acknowledgement, messages kept.
+    /// `None` without an outbox (or when it cannot be loaded).
+    pub async fn outbox_state(&self, application_id: &str) -> Option<OutboxState> {
+        match self.outbox().await {
+            Some(Ok(outbox)) => Some(outbox.state(application_id)),
+            _ => None,
         }
-        out
+    }
+
+    /// The `ns_instance_id` this hub's messages carry (`None` without an outbox).
+    pub async fn ns_instance_id(&self) -> Option<String> {
+        match self.outbox().await {
+            Some(Ok(outbox)) => Some(outbox.stream_id.clone()),
+            _ => None,
+        }
     }
 
     /// Registers `tern_ns_links_active`, `tern_ns_link_refused_total{reason}`,
-    /// `tern_ns_link_backlog_kept_total` and `tern_ns_link_backlog_evicted_total`.
+    /// `tern_ns_link_outbox_written_total`, `tern_ns_link_acknowledged_total`,
+    /// `tern_ns_link_dropped_total{reason}` and `tern_ns_link_ack_refused_total{reason}`.
     pub fn register_metrics(&self, registry: &mut Registry) {
-        registry.register(
-            "link_backlog_kept",
-            "Messages kept in the store because no Application Server held the link",
-            self.metrics.kept.clone(),
-        );
-        registry.register(
-            "link_backlog_evicted",
-            "Messages for unlinked applications evicted because the backlog was full",
-            self.metrics.evicted.clone(),
-        );
         registry.register(
             "links_active",
             "Application Server links currently open",
@@ -334,6 +863,26 @@ impl LinkHub {
             "link_refused",
             "Application Server links refused, by reason",
             self.metrics.refused.clone(),
+        );
+        registry.register(
+            "link_outbox_written",
+            "Messages for Application Servers written to the link outbox",
+            self.metrics.written.clone(),
+        );
+        registry.register(
+            "link_acknowledged",
+            "Outbox messages acknowledged by Application Servers and deleted",
+            self.metrics.acknowledged.clone(),
+        );
+        registry.register(
+            "link_dropped",
+            "Messages for Application Servers dropped unacknowledged, by reason (outbox_full, store_error, no_outbox)",
+            self.metrics.dropped.clone(),
+        );
+        registry.register(
+            "link_ack_refused",
+            "Link acknowledgements refused, by reason (malformed, other_instance, not_linked, ahead, store_error)",
+            self.metrics.ack_refused.clone(),
         );
     }
 
@@ -351,8 +900,8 @@ impl LinkHub {
         links.by_application.contains_key(application_id) || links.all.is_some()
     }
 
-    /// Sends `frame` on the link serving `application_id`; `false` when no AS holds it or
-    /// the link is gone (the caller keeps the message for the next link).
+    /// Sends `frame` on the link serving `application_id` now, outside the outbox (not
+    /// numbered, not resent); `false` when no AS holds it or its link is full or gone.
     pub fn send(&self, application_id: &str, frame: v3::LinkResponse) -> bool {
         let holder = {
             let links = self.links.lock().expect("link table lock");
@@ -363,6 +912,96 @@ impl LinkHub {
                 .cloned()
         };
         holder.is_some_and(|h| h.tx.try_send(Ok(frame)).is_ok())
+    }
+
+    /// Whether link `link_id` is the one serving `application_id`.
+    fn serves(&self, link_id: u64, application_id: &str) -> bool {
+        let links = self.links.lock().expect("link table lock");
+        match links
+            .by_application
+            .get(application_id)
+            .filter(|h| !h.tx.is_closed())
+        {
+            Some(h) => h.link_id == link_id,
+            None => links.all.as_ref().is_some_and(|h| h.link_id == link_id),
+        }
+    }
+
+    /// Checks and applies an acknowledgement received on link `link_id`.
+    async fn apply_ack(
+        &self,
+        link_id: u64,
+        outbox: Option<&Outbox>,
+        ack: &v3::LinkAck,
+    ) -> Result<(), AckRefusal> {
+        let app = ack
+            .application_ids
+            .as_ref()
+            .map_or("", |a| a.application_id.as_str());
+        if app.is_empty() {
+            return Err((
+                "malformed",
+                tonic::Code::InvalidArgument,
+                "LinkAck.application_ids.application_id is empty".to_owned(),
+            ));
+        }
+        // Without an outbox nothing is kept, so there is nothing to forget.
+        let Some(outbox) = outbox else {
+            return Ok(());
+        };
+        // Empty: the instance serving this link (a client that routes acks per NS itself).
+        if !ack.ns_instance_id.is_empty() && ack.ns_instance_id != outbox.stream_id {
+            return Err((
+                "other_instance",
+                tonic::Code::FailedPrecondition,
+                format!(
+                    "LinkAck.ns_instance_id {:?} is not this Network Server's {:?}",
+                    ack.ns_instance_id, outbox.stream_id
+                ),
+            ));
+        }
+        if !self.serves(link_id, app) {
+            return Err((
+                "not_linked",
+                tonic::Code::PermissionDenied,
+                format!("application {app:?} is not linked on this link"),
+            ));
+        }
+        outbox.acknowledge(app, ack.sequence).await
+    }
+
+    /// Counts a refused acknowledgement and makes the frame that says why.
+    fn ack_refused(&self, ack: &v3::LinkAck, refusal: AckRefusal) -> v3::LinkResponse {
+        let (reason, code, message) = refusal;
+        self.metrics
+            .ack_refused
+            .get_or_create(&[("reason", reason)])
+            .inc();
+        // The AS remembers more than this NS sent (a store restored from a backup): it
+        // learns where the numbering really is, so that it does not skip new messages.
+        let mut attributes = std::collections::HashMap::new();
+        if reason == "ahead"
+            && let Some(outbox) = self.attached.get().and_then(|a| a.outbox.get())
+            && let Some(app) = ack.application_ids.as_ref()
+        {
+            attributes.insert(
+                "last".to_owned(),
+                outbox.state(&app.application_id).last.to_string(),
+            );
+        }
+        warn!(reason, error = %message, "link acknowledgement refused");
+        v3::LinkResponse {
+            frame: Some(v3::link_response::Frame::AckRefused(v3::LinkAckRefused {
+                ack: Some(ack.clone()),
+                error: Some(v3::ErrorDetails {
+                    code: code as u32,
+                    name: reason.to_owned(),
+                    message,
+                    attributes,
+                    ..Default::default()
+                }),
+            })),
+        }
     }
 
     fn refuse(&self, reason: &'static str, status: Status) -> Status {
@@ -530,6 +1169,70 @@ impl LinkHub {
     }
 }
 
+/// Sends link `link_id` its applications' outbox in sequence order: first everything after
+/// the last acknowledgement, then each commit as it happens. Ends with the link.
+async fn pump(
+    hub: LinkHub,
+    outbox: Arc<Outbox>,
+    link_id: u64,
+    tx: mpsc::Sender<LinkResult<v3::LinkResponse>>,
+    stop: Shutdown,
+) {
+    let mut written = outbox.written.subscribe();
+    // Last sequence sent on this link, per application.
+    let mut cursors: HashMap<String, u64> = HashMap::new();
+    loop {
+        written.borrow_and_update();
+        let work: Vec<String> = {
+            let apps = outbox.apps.lock().expect("outbox lock");
+            apps.iter()
+                .filter_map(|(app, a)| {
+                    let cursor = cursors.entry(app.clone()).or_insert(a.acked);
+                    // Acknowledged elsewhere (another link, LinkStart): no need to send.
+                    *cursor = (*cursor).max(a.acked);
+                    (a.last > *cursor && hub.serves(link_id, app)).then(|| app.clone())
+                })
+                .collect()
+        };
+        for app in work {
+            loop {
+                let cursor = cursors.get(&app).copied().unwrap_or(0);
+                let frames = match outbox.read_after(&app, cursor, READ_PAGE).await {
+                    Ok(frames) => frames,
+                    Err(e) => {
+                        warn!(application_id = %app, error = %e, "cannot read the link outbox; retrying on the next message");
+                        break;
+                    }
+                };
+                let Some(last) = frames.last().map(|f| f.sequence) else {
+                    // Acknowledged or dropped meanwhile: nothing left after the cursor.
+                    let last = outbox.state(&app).last;
+                    cursors.insert(app.clone(), cursor.max(last));
+                    break;
+                };
+                for frame in frames {
+                    let response = v3::LinkResponse {
+                        frame: Some(v3::link_response::Frame::Up((*frame).clone())),
+                    };
+                    tokio::select! {
+                        sent = tx.send(Ok(response)) => if sent.is_err() { return },
+                        () = stop.wait() => return,
+                    }
+                }
+                cursors.insert(app.clone(), last);
+                if !hub.serves(link_id, &app) {
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            changed = written.changed() => if changed.is_err() { return },
+            () = stop.wait() => return,
+            () = tx.closed() => return,
+        }
+    }
+}
+
 #[async_trait]
 impl AsNs for LinkHub {
     async fn link_application(
@@ -564,6 +1267,16 @@ impl AsNs for LinkHub {
                 ));
             }
         };
+        let outbox = match self.outbox().await {
+            Some(Ok(outbox)) => Some(outbox),
+            Some(Err(e)) => {
+                return Err(self.refuse(
+                    "store_error",
+                    Status::unavailable(format!("the link outbox cannot be loaded: {e}")),
+                ));
+            }
+            None => None,
+        };
         let (tx, rx) = mpsc::channel(LINK_BUFFER);
         let (link_id, application_ids) = self.register(&caller, &start, &tx)?;
         self.metrics.active.inc();
@@ -577,29 +1290,39 @@ impl AsNs for LinkHub {
         let established = v3::LinkResponse {
             frame: Some(v3::link_response::Frame::Established(v3::LinkEstablished {
                 application_ids,
+                ns_instance_id: outbox
+                    .as_ref()
+                    .map(|o| o.stream_id.clone())
+                    .unwrap_or_default(),
             })),
         };
         // The channel is new and large: the first frame always fits.
         let _ = tx.try_send(Ok(established));
+        // What the AS processed before: the pump starts after it.
         for ack in &start.acknowledged {
-            if let Some(app) = ack.application_ids.as_ref() {
-                self.acknowledge(&app.application_id, ack.sequence).await;
+            // A sharded AS sends every NS all its acknowledgements: others' are not ours.
+            if outbox.as_ref().is_some_and(|o| {
+                !ack.ns_instance_id.is_empty() && ack.ns_instance_id != o.stream_id
+            }) {
+                continue;
+            }
+            if let Err(refusal) = self.apply_ack(link_id, outbox.as_deref(), ack).await {
+                let _ = tx.send(Ok(self.ack_refused(ack, refusal))).await;
             }
         }
-        let kept = self
-            .backlog(&start.application_ids, start.all_applications)
-            .await;
+        let stop = Shutdown::new();
+        if let Some(outbox) = outbox.clone() {
+            tokio::spawn(pump(
+                self.clone(),
+                outbox,
+                link_id,
+                tx.clone(),
+                stop.clone(),
+            ));
+        }
 
         let hub = self.clone();
         tokio::spawn(async move {
-            for frame in kept {
-                let response = v3::LinkResponse {
-                    frame: Some(v3::link_response::Frame::Up(frame)),
-                };
-                if tx.send(Ok(response)).await.is_err() {
-                    break;
-                }
-            }
             loop {
                 tokio::select! {
                     request = requests.next() => match request {
@@ -608,10 +1331,12 @@ impl AsNs for LinkHub {
                                 break;
                             }
                         }
-                        // Acknowledgements let the NS forget kept messages.
+                        // The AS handed messages on: the outbox forgets them.
                         Some(Ok(v3::LinkRequest { frame: Some(v3::link_request::Frame::Ack(ack)) })) => {
-                            if let Some(app) = ack.application_ids.as_ref() {
-                                hub.acknowledge(&app.application_id, ack.sequence).await;
+                            if let Err(refusal) = hub.apply_ack(link_id, outbox.as_deref(), &ack).await
+                                && tx.send(Ok(hub.ack_refused(&ack, refusal))).await.is_err()
+                            {
+                                break;
                             }
                         }
                         Some(Ok(_)) => {
@@ -634,6 +1359,7 @@ impl AsNs for LinkHub {
                     }
                 }
             }
+            stop.trigger();
             hub.unregister(link_id);
             hub.metrics.active.dec();
             info!(link_id, "application link closed");
@@ -662,12 +1388,4 @@ impl AsNs for LinkHub {
             device.device_id
         )))
     }
-}
-
-fn backlog_key(application_id: &str, sequence: u64) -> String {
-    format!("{application_id}/{sequence:020}")
-}
-
-fn sequence_of(key: &str) -> Option<u64> {
-    key.rsplit_once('/').and_then(|(_, s)| s.parse().ok())
 }

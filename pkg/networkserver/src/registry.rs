@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use prost::Message;
 use tern_api::v3;
 use tern_cluster::auth::{Entity, require};
 use tern_store::{Expect, NsDeviceRecord, NsDeviceStore, StoreError};
@@ -101,18 +102,18 @@ impl Core {
             Some(slot) => Some(slot.clone().lock_owned().await),
             None => None,
         };
-        let (mut record, version) = match guard.as_ref() {
-            Some(d) => (d.record.clone(), Some(d.version)),
-            None => match self
-                .store
-                .get_ns_device(&app, &dev_id)
-                .await
-                .map_err(store_status)?
-            {
-                Some(v) => (v.value, Some(v.version)),
-                None => (NsDeviceRecord::default(), None),
-            },
+        // Always the stored version: another Network Server instance sharing the store may
+        // have written the device since this one cached it.
+        let (mut record, version) = match self
+            .store
+            .get_ns_device(&app, &dev_id)
+            .await
+            .map_err(store_status)?
+        {
+            Some(v) => (v.value, Some(v.version)),
+            None => (NsDeviceRecord::default(), None),
         };
+        let stored_state = NsState::decode(record.state.as_slice()).unwrap_or_default();
         let mut device = record.device.take().unwrap_or_default();
         if device.ids.is_none() || covers("ids") {
             let mut ids = update.ids.clone().unwrap_or_default();
@@ -186,7 +187,7 @@ impl Core {
             ));
         }
         record.device = Some(device);
-        let mut state = guard.as_ref().map(|d| d.state.clone()).unwrap_or_default();
+        let mut state = stored_state;
         if session_changed {
             let s = record
                 .device
@@ -236,20 +237,18 @@ impl Core {
         with_keys: bool,
     ) -> Result<v3::EndDevice, Status> {
         let (app, dev_id) = ids_of(Some(ids))?;
-        let device = match self.devices.get(&format!("{app}/{dev_id}")) {
-            Some(slot) => slot.lock().await.record.device.clone(),
-            None => self
-                .store
-                .get_ns_device(&app, &dev_id)
-                .await
-                .map_err(store_status)?
-                .and_then(|v| v.value.device),
-        }
-        .ok_or_else(|| {
-            Status::not_found(format!(
-                "device {dev_id:?} of application {app:?} is not on this Network Server"
-            ))
-        })?;
+        // The store, not the cache: another instance may have written the device.
+        let device = self
+            .store
+            .get_ns_device(&app, &dev_id)
+            .await
+            .map_err(store_status)?
+            .and_then(|v| v.value.device)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "device {dev_id:?} of application {app:?} is not on this Network Server"
+                ))
+            })?;
         Ok(if with_keys {
             device
         } else {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use band::FrequencyPlan;
-use lorawan::crypto::{self, FOptsCounterVariant};
+use lorawan::crypto;
 use lorawan::phy::{FCtrl, FOpts, Fhdr, MacPayload, Mhdr, Payload};
 use lorawan::{DevAddr, Direction, MType, MacCommand, PhyPayload};
 use prometheus_client::metrics::counter::Counter;
@@ -31,6 +31,13 @@ use crate::devices::{Device, Devices, KeyVault, Mismatch, NsState, Slot, TxParam
 use crate::link::{LinkHub, QueueHandler};
 use crate::mac::{MacLayer, UplinkInfo};
 
+#[path = "fopts.rs"]
+mod fopts;
+#[path = "gateways.rs"]
+mod gateways;
+#[path = "rejoin.rs"]
+mod rejoin;
+
 type Labels = [(&'static str, &'static str); 1];
 
 /// The NS's pipeline metrics, registered under `tern_ns_`.
@@ -42,6 +49,7 @@ pub(crate) struct Metrics {
     pub retransmissions: Counter,
     pub joins: Family<Labels, Counter>,
     pub downlinks: Family<Labels, Counter>,
+    pub rejoins: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -68,6 +76,11 @@ impl Metrics {
         );
         r.register("joins", "Join-requests, by outcome", self.joins.clone());
         r.register("downlinks", "Downlinks, by outcome", self.downlinks.clone());
+        r.register(
+            "rejoins",
+            "Rejoin-requests (LoRaWAN 1.1), by outcome",
+            self.rejoins.clone(),
+        );
     }
 }
 
@@ -92,6 +105,8 @@ pub(crate) struct Core {
     pub vault: KeyVault,
     pub metrics: Metrics,
     pub mac: MacLayer,
+    /// Gateway connection states, for downlink path selection.
+    pub(crate) gateways: gateways::Gateways,
     pending_tx: Mutex<HashMap<String, PendingTx>>,
     /// Woken whenever a downlink is added to `pending_tx`.
     tx_tracked: tokio::sync::Notify,
@@ -106,6 +121,9 @@ struct UplinkCtx {
     msg: v3::UplinkMessage,
     frequency: u32,
     received_at: SystemTime,
+    /// Set when recording the uplink found the device written by another instance: it was
+    /// reloaded, and the uplink is verified again (see `shared`).
+    stale: std::sync::atomic::AtomicBool,
 }
 
 fn error(code: tonic::Code, name: &str, message: impl Into<String>) -> v3::ErrorDetails {
@@ -205,6 +223,7 @@ impl Core {
             vault,
             metrics: Metrics::default(),
             mac,
+            gateways: gateways::Gateways::default(),
             pending_tx: Mutex::default(),
             tx_tracked: tokio::sync::Notify::new(),
             prefixes,
@@ -216,6 +235,8 @@ impl Core {
 
     pub fn register_metrics(&self, r: &mut Registry) {
         self.metrics.register(r);
+        self.devices.register_metrics(r);
+        self.gateways.register(r);
     }
 
     /// Loads every stored device into the in-memory table.
@@ -338,6 +359,7 @@ impl Core {
             msg,
             frequency,
             received_at,
+            stale: Default::default(),
         };
         match phy.m_type() {
             MType::JoinRequest => {
@@ -351,6 +373,10 @@ impl Core {
                     f_cnt = phy.f_cnt().unwrap_or_default()
                 );
                 self.handle_data(ctx, phy).instrument(span).await
+            }
+            MType::RejoinRequest => {
+                let span = info_span!("ns.join", m_type = "rejoin_request");
+                self.handle_rejoin(ctx, phy).instrument(span).await
             }
             m => self.drop_uplink(
                 "unsupported_m_type",
@@ -366,7 +392,7 @@ impl Core {
         let Some(dev_addr) = phy.dev_addr() else {
             return;
         };
-        let candidates = self.devices.by_dev_addr(dev_addr);
+        let mut candidates = self.candidates(dev_addr).await;
         if candidates.is_empty() {
             self.drop_uplink(
                 "unknown_dev_addr",
@@ -378,33 +404,62 @@ impl Core {
         }
         let mic_input = PhyPayload::mic_input(&ctx.msg.raw_payload);
         let mut worst: Option<(Mismatch, v3::EndDeviceIdentifiers)> = None;
-        for slot in candidates {
-            let mut dev = slot.lock().await;
-            let Some(device) = dev.record.device.clone() else {
-                continue;
-            };
-            let plan = plan_of(&device, &self.config);
-            let tx = TxParams {
-                dr: uplink_dr(plan, ctx.msg.settings.as_ref()).unwrap_or(0),
-                ch: uplink_channel(plan, ctx.frequency),
-            };
-            match dev.verify(&phy, mic_input, tx) {
-                Ok(v) => {
-                    self.accept_data(&slot, &mut dev, &ctx, &phy, v, tx.dr, plan)
-                        .await;
-                    return;
-                }
-                Err(m) => {
-                    let rank = |m: &Mismatch| match m {
-                        Mismatch::Mic => 0,
-                        Mismatch::Gap => 1,
-                        Mismatch::Replay => 2,
+        let mut refreshed = false;
+        loop {
+            'slots: for slot in std::mem::take(&mut candidates) {
+                let mut dev = slot.lock().await;
+                // A second round only when the first write found the device moved on.
+                for attempt in 0..2 {
+                    let Some(device) = dev.record.device.clone() else {
+                        continue 'slots;
                     };
-                    if worst.as_ref().is_none_or(|(w, _)| rank(&m) > rank(w)) {
-                        worst = Some((m, dev.ids()));
+                    let plan = plan_of(&device, &self.config);
+                    let tx = TxParams {
+                        dr: uplink_dr(plan, ctx.msg.settings.as_ref()).unwrap_or(0),
+                        ch: uplink_channel(plan, ctx.frequency),
+                    };
+                    match dev.verify(&phy, mic_input, tx) {
+                        Ok(v) => {
+                            self.accept_data(&slot, &mut dev, &ctx, &phy, v, tx.dr, plan)
+                                .await;
+                            if !ctx.stale.swap(false, Ordering::Relaxed) {
+                                return;
+                            }
+                            if attempt == 1 {
+                                self.drop_uplink(
+                                    "store_conflict",
+                                    "the device kept changing through another Network Server instance",
+                                    Some(&dev.ids()),
+                                    &cids,
+                                );
+                                return;
+                            }
+                        }
+                        Err(m) => {
+                            let rank = |m: &Mismatch| match m {
+                                Mismatch::Mic => 0,
+                                Mismatch::Gap => 1,
+                                Mismatch::Replay => 2,
+                            };
+                            if worst.as_ref().is_none_or(|(w, _)| rank(&m) > rank(w)) {
+                                worst = Some((m, dev.ids()));
+                            }
+                            break;
+                        }
                     }
                 }
             }
+            // No cached session verified: another instance may have changed one.
+            if !refreshed
+                && worst.as_ref().is_some_and(|(m, _)| *m != Mismatch::Replay)
+                && self.refresh_dev_addr(dev_addr).await
+            {
+                refreshed = true;
+                worst = None;
+                candidates = self.devices.by_dev_addr(dev_addr);
+                continue;
+            }
+            break;
         }
         if let Some((m, ids)) = worst {
             let message = match m {
@@ -483,7 +538,8 @@ impl Core {
         let mac_bytes = if mp.f_port == Some(0) {
             dev.uplink_port0(&session, phy, v.f_cnt)
         } else {
-            dev.uplink_f_opts(&session, phy, v.f_cnt)
+            let variant = fopts::variant_of(dev.record.device.as_ref(), &self.config);
+            fopts::uplink_f_opts(&session, phy, v.f_cnt, variant)
         };
         let commands = MacCommand::decode_all(Direction::Uplink, &mac_bytes).unwrap_or_else(|e| {
             warn!(error = %e, "uplink MAC commands do not decode; ignored");
@@ -576,6 +632,20 @@ impl Core {
         next.record.state = next.state.encode_to_vec();
         match self.store.record_uplink(&next.record, dev.version).await {
             Ok(version) => next.version = version,
+            Err(e) if e.is_conflict() => {
+                // Another instance wrote the device: never overwrite it; verify again
+                // against the stored device (once, see `handle_data`).
+                match self.reload_locked(slot, dev).await {
+                    crate::shared::Reloaded::Changed => ctx.stale.store(true, Ordering::Relaxed),
+                    _ => self.drop_uplink(
+                        "store_conflict",
+                        format!("cannot record the uplink: {e}"),
+                        Some(&ids),
+                        cids,
+                    ),
+                }
+                return;
+            }
             Err(e) => {
                 self.drop_uplink(
                     "store_error",
@@ -723,13 +793,7 @@ impl Core {
             .unwrap_or(51);
         let request = v3::TxRequest {
             class: v3::DeviceClass::ClassA as i32,
-            downlink_paths: best_first(&ctx.msg.rx_metadata)
-                .into_iter()
-                .filter(|m| !m.uplink_token.is_empty())
-                .map(|m| v3::DownlinkPath {
-                    path: Some(v3::downlink_path::Path::UplinkToken(m.uplink_token)),
-                })
-                .collect(),
+            downlink_paths: self.gateways.class_a_paths(&ctx.msg.rx_metadata),
             rx1_delay: u32::from(rx1_delay),
             rx1_data_rate: params.data_rate(rx1_dr).map(Into::into),
             rx1_frequency: u64::from(rx1_freq),
@@ -853,6 +917,7 @@ impl Core {
                 let f_pending = queue.len() > 1;
                 let Some(raw) = encode_downlink(
                     &session,
+                    fopts::variant_of(next.record.device.as_ref(), &self.config),
                     m_type,
                     FCtrl {
                         adr: true,
@@ -954,6 +1019,7 @@ impl Core {
         };
         let Some(raw) = encode_downlink(
             &session,
+            fopts::variant_of(next.record.device.as_ref(), &self.config),
             MType::UnconfirmedDataDown,
             FCtrl {
                 adr: true,
@@ -1028,10 +1094,17 @@ impl Core {
             return false;
         };
         if request.downlink_paths.is_empty() {
+            // Nothing is committed: a queued item stays for the next opportunity.
             self.metrics
                 .downlinks
-                .get_or_create(&[("outcome", "no_path")])
+                .get_or_create(&[("outcome", "no_gateway_path")])
                 .inc();
+            self.events.publish(
+                Event::new(&defs::NS_DOWN_DATA_SCHEDULE_FAIL)
+                    .with_identifiers([&ids])
+                    .with_correlation_ids(cids.iter().cloned())
+                    .with_data(&self.gateways.no_path_failure(&dev.state.last_gateways)),
+            );
             return false;
         }
         // The counters this downlink uses reach the store before it can go on air: after a
@@ -1289,17 +1362,7 @@ impl Core {
             .unwrap_or_else(|| dev.state.last_gateways.clone());
         let request = v3::TxRequest {
             class: v3::DeviceClass::ClassC as i32,
-            downlink_paths: fixed
-                .into_iter()
-                .map(|g| v3::DownlinkPath {
-                    path: Some(v3::downlink_path::Path::Fixed(
-                        v3::GatewayAntennaIdentifiers {
-                            gateway_ids: Some(g),
-                            antenna_index: 0,
-                        },
-                    )),
-                })
-                .collect(),
+            downlink_paths: self.gateways.fixed_paths(fixed),
             rx2_data_rate: params.data_rate(rx2_dr).map(Into::into),
             rx2_frequency: u64::from(rx2_freq),
             priority: v3::TxSchedulePriority::Normal as i32,
@@ -1375,15 +1438,17 @@ impl Core {
                 .unwrap_or_default();
             format!("{}/{}", app_id(&ids), ids.device_id)
         };
-        let slot = match self.devices.get(&key) {
-            Some(s) => s,
-            None => match Device::load(found.value, found.version, &self.vault) {
-                Ok(d) => self.devices.insert(d),
-                Err(e) => {
-                    reject("invalid_device", e, None);
-                    return;
-                }
-            },
+        // The stored device wins over a cached copy another instance may have moved on.
+        let slot = match self.adopt(found).await {
+            Some((s, _)) => s,
+            None => {
+                reject(
+                    "invalid_device",
+                    "the stored device does not load".to_owned(),
+                    None,
+                );
+                return;
+            }
         };
         let mut dev = slot.lock().await;
         let ids = dev.ids();
@@ -1475,20 +1540,36 @@ impl Core {
                 return;
             }
         };
-        let old_addrs = dev.dev_addrs();
-        let mut next = dev.clone();
-        next.record.pending_session = Some(session);
-        next.pending = Some(ctx_keys);
-        next.state.pending_mac = session_mac.encode_to_vec();
-        if let Some(d) = next.record.device.as_mut() {
-            d.lorawan_version = version as i32;
-        }
-        next.record.state = next.state.encode_to_vec();
-        match self
+        let build = |base: &Device| {
+            let mut next = base.clone();
+            next.record.pending_session = Some(session.clone());
+            next.pending = Some(ctx_keys.clone());
+            next.state.pending_mac = session_mac.encode_to_vec();
+            if let Some(d) = next.record.device.as_mut() {
+                d.lorawan_version = version as i32;
+            }
+            next.record.state = next.state.encode_to_vec();
+            next
+        };
+        let mut old_addrs = dev.dev_addrs();
+        let mut next = build(&dev);
+        let mut written = self
             .store
             .set_ns_device(&next.record, Expect::Version(dev.version))
-            .await
+            .await;
+        if written.as_ref().is_err_and(|e| e.is_conflict())
+            && self.reload_locked(&slot, &mut dev).await == crate::shared::Reloaded::Changed
         {
+            // Another instance wrote the device meanwhile: the new session goes onto the
+            // stored version (the JS used the DevNonce already, so the join is not redone).
+            old_addrs = dev.dev_addrs();
+            next = build(&dev);
+            written = self
+                .store
+                .set_ns_device(&next.record, Expect::Version(dev.version))
+                .await;
+        }
+        match written {
             Ok(v) => next.version = v,
             Err(e) => {
                 reject("store_error", e.to_string(), Some(&ids));
@@ -1498,6 +1579,7 @@ impl Core {
         *dev = next;
         let new_addrs = dev.dev_addrs();
         self.devices.reindex(&key, &old_addrs, &new_addrs, &slot);
+        self.remember_dev_eui(jr.dev_eui, &ids).await;
         self.metrics
             .joins
             .get_or_create(&[("outcome", "accepted")])
@@ -1518,13 +1600,7 @@ impl Core {
             correlation_ids: cids.clone(),
             request: Some(v3::TxRequest {
                 class: v3::DeviceClass::ClassA as i32,
-                downlink_paths: best_first(&ctx.msg.rx_metadata)
-                    .into_iter()
-                    .filter(|m| !m.uplink_token.is_empty())
-                    .map(|m| v3::DownlinkPath {
-                        path: Some(v3::downlink_path::Path::UplinkToken(m.uplink_token)),
-                    })
-                    .collect(),
+                downlink_paths: self.gateways.class_a_paths(&ctx.msg.rx_metadata),
                 rx1_delay: band::JOIN_ACCEPT_DELAY1.as_secs() as u32,
                 rx1_data_rate: params.data_rate(rx1_dr).map(Into::into),
                 rx1_frequency: u64::from(
@@ -1539,41 +1615,8 @@ impl Core {
             downlink_id: format!("{}/join/{:08x}", self.instance_id, self.random_u32()),
             end_device_ids: Some(ids.clone()),
         };
-        match self.gs.get() {
-            None => warn!("no Gateway Server link is set: the join-accept cannot be scheduled"),
-            Some(gs) => match gs.schedule_downlink(message.clone()).await {
-                Ok(v3::ScheduleDownlinkResponse {
-                    result: Some(v3::schedule_downlink_response::Result::Scheduled(_)),
-                }) => {
-                    self.metrics
-                        .downlinks
-                        .get_or_create(&[("outcome", "join_accept")])
-                        .inc();
-                    self.events.publish(
-                        Event::new(&defs::NS_DOWN_JOIN_SCHEDULE)
-                            .with_identifiers([&ids])
-                            .with_correlation_ids(cids.iter().cloned())
-                            .with_data(&message),
-                    );
-                }
-                Ok(v3::ScheduleDownlinkResponse {
-                    result: Some(v3::schedule_downlink_response::Result::Failed(f)),
-                }) => {
-                    self.events.publish(
-                        Event::new(&defs::NS_DOWN_JOIN_SCHEDULE_FAIL)
-                            .with_identifiers([&ids])
-                            .with_correlation_ids(cids.iter().cloned())
-                            .with_data(&f),
-                    );
-                }
-                Ok(_) | Err(_) => {
-                    self.metrics
-                        .downlinks
-                        .get_or_create(&[("outcome", "schedule_error")])
-                        .inc();
-                }
-            },
-        }
+        self.schedule_accept(&ids, &cids, message, &ctx.msg.rx_metadata, "join_accept")
+            .await;
         let session_key_id = response
             .session_keys
             .as_ref()
@@ -1614,16 +1657,19 @@ impl Core {
         })?;
         let app = app_id(&ids);
         let key = format!("{app}/{}", ids.device_id);
-        let slot = self.devices.get(&key).ok_or_else(|| {
-            error(
-                Code::NotFound,
-                "unknown_device",
-                format!(
-                    "device {:?} of application {app:?} is not on this Network Server",
-                    ids.device_id
-                ),
-            )
-        })?;
+        let slot = self
+            .device_by_key(&app, &ids.device_id)
+            .await
+            .ok_or_else(|| {
+                error(
+                    Code::NotFound,
+                    "unknown_device",
+                    format!(
+                        "device {:?} of application {app:?} is not on this Network Server",
+                        ids.device_id
+                    ),
+                )
+            })?;
         let mut dev = slot.lock().await;
         let session = dev.current.clone().ok_or_else(|| {
             error(
@@ -1723,6 +1769,7 @@ fn ids_app(ids: &v3::EndDeviceIdentifiers) -> String {
 #[allow(clippy::too_many_arguments)]
 fn encode_downlink(
     s: &crate::devices::SessionCtx,
+    variant: crate::config::FOptsVariant,
     m_type: MType,
     f_ctrl: FCtrl,
     f_cnt: u32,
@@ -1738,7 +1785,7 @@ fn encode_downlink(
             s.dev_addr,
             f_cnt,
             &mut f_opts,
-            FOptsCounterVariant::Original,
+            fopts::block(variant, Direction::Downlink, f_port),
         )
         .ok()?;
     }
@@ -1835,6 +1882,6 @@ impl tern_cluster::links::GsNs for GsEnd {
 
     async fn report_gateway_connection(&self, event: v3::GatewayConnectionEvent) -> LinkResult<()> {
         debug!(state = event.state, "gateway connection change");
-        Ok(())
+        self.0.gateways.report(&event)
     }
 }

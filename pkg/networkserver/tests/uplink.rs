@@ -231,6 +231,9 @@ async fn a_restart_loses_no_accepted_frame_counter() {
     }
     let h = Harness::start(dir.path(), Arc::new(NoJs), config()).await;
     let mut as_ = h.link().await;
+    // The test AS never acknowledged FCnt 10: the outbox resends it, same sequence.
+    let resent = as_.next_up(WAIT).await.unwrap();
+    assert_eq!((uplink_of(&resent).f_cnt, resent.sequence), (10, 1));
     let mut drops = h.drops().await;
     h.ns.process_uplink(copy(&up(9, false), "gw", 1.0, -80.0))
         .await

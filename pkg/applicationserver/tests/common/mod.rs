@@ -78,6 +78,7 @@ impl FakeNs {
             frame: Some(v3::link_response::Frame::Up(v3::SequencedApplicationUp {
                 sequence: *seq,
                 up: Some(up),
+                ..Default::default()
             })),
         }));
     }
@@ -123,6 +124,7 @@ impl AsNs for FakeNs {
         let _ = self.sender.send(Ok(v3::LinkResponse {
             frame: Some(v3::link_response::Frame::Established(v3::LinkEstablished {
                 application_ids: Vec::new(),
+                ..Default::default()
             })),
         }));
         let (expect, seen, sender, changed) = (

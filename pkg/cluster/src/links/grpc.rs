@@ -12,14 +12,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pbjson_types::Empty;
 use tern_api::v3;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::debug;
 
 use super::{AsJs, AsNs, BoxStream, GsIs, GsNs, LinkResult, NsGs, NsJs};
 use crate::auth::{AuthError, CallCredentials, Caller};
-use crate::directory::{PeerDirectory, PeerRole};
+use crate::directory::{Peer, PeerDirectory, PeerRole};
 use crate::shard;
 
 /// A channel to a peer that sends credentials on every call.
@@ -381,20 +384,60 @@ impl AsNs for AsNsClient {
     }
 }
 
-/// An [`AsNs`] reaching whichever Network Server the peer directory names: the owner of the
-/// (first) linked application by rendezvous hashing, so every AS instance of a cluster links
-/// the same application to the same NS. The peer is looked up on every link attempt, so a
-/// relink after a membership change follows the new owner.
-pub struct DirectoryAsNs {
+/// How long a [`DirectoryAsNs`] waits before opening a failed or ended Network Server link
+/// again (doubling up to [`RELINK_MAX`]), while that Network Server is in the directory.
+pub const RELINK_MIN: Duration = Duration::from_millis(500);
+
+/// The longest wait between two attempts to link one Network Server.
+pub const RELINK_MAX: Duration = Duration::from_secs(10);
+
+/// What a [`DirectoryAsNs`] keeps across links.
+#[derive(Default)]
+struct MergeMemory {
+    /// `ns_instance_id` of messages (a Network Server's numbering) → the directory instance
+    /// ID of the Network Server that sends them.
+    streams: HashMap<String, String>,
+    /// `application_id/device_id` → the NS instance the device's last message came from.
+    last_ns: HashMap<String, String>,
+}
+
+struct AsNsInner {
     directory: Arc<dyn PeerDirectory>,
     credentials: CallCredentials,
+    local: Option<(String, Arc<dyn AsNs>)>,
     clients: Mutex<HashMap<String, AsNsClient>>,
+    memory: Mutex<MergeMemory>,
+}
+
+/// An [`AsNs`] linking every live Network Server of the peer directory, as one link.
+///
+/// Devices are spread over the Network Servers by DevAddr, so the messages of one
+/// application come from all of them. For each `link_application` this opens one link per
+/// Network Server in the directory (a new one gets a link when it appears, a vanished one's
+/// link ends; a link that fails is opened again while its NS is listed) and merges their
+/// responses into the one stream the AS reads:
+///
+/// - one `established` frame, when the first Network Server confirmed;
+/// - `up` frames as they come: each carries the `ns_instance_id` of the numbering it belongs
+///   to (filled with the directory's instance ID when a Network Server leaves it empty), and
+///   the AS's acknowledgements go to the Network Server of the `ns_instance_id` they name;
+///   `LinkStart.acknowledged` goes to every Network Server, which skips the others' acks;
+/// - queue results and refused acknowledgements as they come (the AS chose the IDs).
+///
+/// Queue operations go to the Network Server owning the device: the DevAddr in the request's
+/// identifiers if set (the same rendezvous hashing the Gateway Server routes uplinks with),
+/// else the one the device's last message came from, else the application's owner among
+/// the linked ones. The same works for an AS outside the cluster, with an API key as
+/// `credentials`.
+pub struct DirectoryAsNs {
+    inner: Arc<AsNsInner>,
 }
 
 impl std::fmt::Debug for DirectoryAsNs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DirectoryAsNs")
-            .field("directory", &self.directory)
+            .field("directory", &self.inner.directory)
+            .field("local", &self.inner.local.as_ref().map(|(id, _)| id))
             .finish_non_exhaustive()
     }
 }
@@ -404,24 +447,453 @@ impl DirectoryAsNs {
     /// application API key for an AS outside the cluster).
     pub fn new(directory: Arc<dyn PeerDirectory>, credentials: CallCredentials) -> Self {
         Self {
-            directory,
-            credentials,
-            clients: Mutex::new(HashMap::new()),
+            inner: Arc::new(AsNsInner {
+                directory,
+                credentials,
+                local: None,
+                clients: Mutex::new(HashMap::new()),
+                memory: Mutex::default(),
+            }),
         }
     }
 
-    fn client(&self, shard_key: &str) -> Result<AsNsClient, Status> {
-        let peers = self.directory.peers(PeerRole::NetworkServer);
-        let peer = shard::by_application(shard_key, &peers).ok_or_else(|| {
-            Status::unavailable("no Network Server is known: check cluster.network-server or etcd")
-        })?;
+    /// Calls the Network Server of this process (instance `instance_id`) in-process.
+    pub fn with_local(self, instance_id: String, local: Arc<dyn AsNs>) -> Self {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| {
+            unreachable!("with_local is called on a DirectoryAsNs that was not shared yet")
+        });
+        Self {
+            inner: Arc::new(AsNsInner {
+                local: Some((instance_id, local)),
+                ..inner
+            }),
+        }
+    }
+}
+
+impl AsNsInner {
+    fn network_servers(&self) -> Vec<Peer> {
+        self.directory.peers(PeerRole::NetworkServer)
+    }
+
+    fn target(&self, peer: &Peer) -> Result<Arc<dyn AsNs>, Status> {
+        if let Some((id, local)) = &self.local
+            && *id == peer.instance_id
+        {
+            return Ok(local.clone());
+        }
         let mut clients = self.clients.lock().expect("client cache lock");
         if let Some(client) = clients.get(&peer.address) {
-            return Ok(client.clone());
+            return Ok(Arc::new(client.clone()));
         }
         let client = AsNsClient::new(channel(&peer.address, self.credentials.clone())?);
         clients.insert(peer.address.clone(), client.clone());
-        Ok(client)
+        Ok(Arc::new(client))
+    }
+
+    /// The NS instance a device's queue belongs to, among `candidates` (instance IDs).
+    fn route(&self, ids: Option<&v3::EndDeviceIdentifiers>, candidates: &[Peer]) -> Option<Peer> {
+        let ids = ids?;
+        if let Ok(addr) = <[u8; 4]>::try_from(ids.dev_addr.as_slice()) {
+            // The owner over the whole directory, as the GS routes the device's uplinks.
+            let all = self.network_servers();
+            if let Some(owner) = shard::by_dev_addr(lorawan::DevAddr(addr), &all)
+                && let Some(p) = candidates
+                    .iter()
+                    .find(|p| p.instance_id == owner.instance_id)
+            {
+                return Some(p.clone());
+            }
+        }
+        let app = app_of(ids);
+        let last = self
+            .memory
+            .lock()
+            .expect("merge memory lock")
+            .last_ns
+            .get(&format!("{app}/{}", ids.device_id))
+            .cloned();
+        if let Some(p) = last.and_then(|id| candidates.iter().find(|p| p.instance_id == id)) {
+            return Some(p.clone());
+        }
+        shard::by_application(&app, candidates).cloned()
+    }
+}
+
+fn app_of(ids: &v3::EndDeviceIdentifiers) -> String {
+    ids.application_ids
+        .as_ref()
+        .map(|a| a.application_id.clone())
+        .unwrap_or_default()
+}
+
+/// Where a merged link is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a first Network Server to confirm.
+    Opening,
+    /// The AS has its `established` frame: frames flow.
+    Open,
+    /// The AS went away, or no Network Server could be linked.
+    Closed,
+}
+
+/// One merged link.
+struct Merge {
+    inner: Arc<AsNsInner>,
+    caller: Caller,
+    /// The AS's `LinkStart`, sent to every Network Server.
+    start: v3::LinkStart,
+    out: mpsc::Sender<LinkResult<v3::LinkResponse>>,
+    phase: watch::Sender<Phase>,
+    /// The request side of each open NS link, by instance ID.
+    links: Mutex<HashMap<String, (Peer, LinkTx)>>,
+    /// The task of each listed NS, by instance ID.
+    tasks: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+}
+
+/// The request side of one Network Server's link.
+type LinkTx = mpsc::Sender<LinkResult<v3::LinkRequest>>;
+
+type FirstOutcome = mpsc::Sender<Result<Vec<v3::ApplicationIdentifiers>, Status>>;
+
+impl Merge {
+    fn closed(&self) -> bool {
+        *self.phase.borrow() == Phase::Closed || self.out.is_closed()
+    }
+
+    fn close(&self) {
+        self.phase.send_replace(Phase::Closed);
+        for (_, task) in self.tasks.lock().expect("merge tasks lock").drain() {
+            task.abort();
+        }
+        self.links.lock().expect("merge links lock").clear();
+    }
+
+    /// Starts the task of `peer` unless it has one.
+    fn spawn(self: &Arc<Self>, peer: Peer, first: Option<FirstOutcome>) {
+        let mut tasks = self.tasks.lock().expect("merge tasks lock");
+        if tasks
+            .get(&peer.instance_id)
+            .is_some_and(|t| !t.is_finished())
+        {
+            return;
+        }
+        let id = peer.instance_id.clone();
+        let this = self.clone();
+        tasks.insert(id, tokio::spawn(this.run_link(peer, first)));
+    }
+
+    /// Ends the links of Network Servers no longer listed, and links new ones.
+    fn follow(self: &Arc<Self>, peers: &[Peer]) {
+        {
+            let mut tasks = self.tasks.lock().expect("merge tasks lock");
+            tasks.retain(|id, task| {
+                let listed = peers.iter().any(|p| p.instance_id == *id);
+                if !listed {
+                    debug!(ns = %id, "the Network Server left the directory: its link ends");
+                    task.abort();
+                }
+                listed
+            });
+            self.links
+                .lock()
+                .expect("merge links lock")
+                .retain(|id, _| tasks.contains_key(id));
+        }
+        for p in peers {
+            self.spawn(p.clone(), None);
+        }
+    }
+
+    /// Links one Network Server, again after a failure, while it is listed.
+    async fn run_link(self: Arc<Self>, peer: Peer, mut first: Option<FirstOutcome>) {
+        let mut backoff = RELINK_MIN;
+        let mut phase = self.phase.subscribe();
+        loop {
+            if self.closed() {
+                return;
+            }
+            match self.link_once(&peer, &mut first, &mut phase).await {
+                Ok(()) => backoff = RELINK_MIN,
+                Err(status) => {
+                    debug!(ns = %peer.instance_id, error = %status, "linking a Network Server failed");
+                    if let Some(f) = first.take() {
+                        let _ = f.send(Err(status)).await;
+                    }
+                }
+            }
+            let listed = self
+                .inner
+                .network_servers()
+                .iter()
+                .any(|p| p.instance_id == peer.instance_id);
+            if !listed || self.closed() {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = phase.wait_for(|p| *p == Phase::Closed) => return,
+            }
+            backoff = (backoff * 2).min(RELINK_MAX);
+        }
+    }
+
+    /// One link to `peer`, until it ends. `Ok` when it was established.
+    async fn link_once(
+        &self,
+        peer: &Peer,
+        first: &mut Option<FirstOutcome>,
+        phase: &mut watch::Receiver<Phase>,
+    ) -> Result<(), Status> {
+        let (tx, rx) = mpsc::channel(256);
+        tx.send(Ok(v3::LinkRequest {
+            frame: Some(v3::link_request::Frame::Start(self.start.clone())),
+        }))
+        .await
+        .map_err(|_| Status::cancelled("the link closed"))?;
+        let mut responses = self
+            .inner
+            .target(peer)?
+            .link_application(self.caller.clone(), Box::pin(ReceiverStream::new(rx)))
+            .await?;
+        let apps = match responses.next().await {
+            Some(Ok(v3::LinkResponse {
+                frame: Some(v3::link_response::Frame::Established(e)),
+            })) => {
+                if !e.ns_instance_id.is_empty() {
+                    self.inner
+                        .memory
+                        .lock()
+                        .expect("merge memory lock")
+                        .streams
+                        .insert(e.ns_instance_id, peer.instance_id.clone());
+                }
+                e.application_ids
+            }
+            Some(Err(status)) => return Err(status),
+            Some(Ok(_)) => {
+                return Err(Status::internal(format!(
+                    "Network Server {:?} did not confirm the link",
+                    peer.instance_id
+                )));
+            }
+            None => {
+                return Err(Status::unavailable(format!(
+                    "Network Server {:?} closed the link",
+                    peer.instance_id
+                )));
+            }
+        };
+        debug!(ns = %peer.instance_id, "linked a Network Server");
+        self.links
+            .lock()
+            .expect("merge links lock")
+            .insert(peer.instance_id.clone(), (peer.clone(), tx.clone()));
+        if let Some(f) = first.take() {
+            let _ = f.send(Ok(apps)).await;
+        }
+        // Nothing reaches the AS before its `established` frame.
+        if phase.wait_for(|p| *p != Phase::Opening).await.is_err()
+            || *phase.borrow() == Phase::Closed
+        {
+            return Ok(());
+        }
+        while let Some(frame) = responses.next().await {
+            match frame {
+                Ok(v3::LinkResponse {
+                    frame: Some(v3::link_response::Frame::Up(up)),
+                }) => self.forward_up(&peer.instance_id, up).await,
+                Ok(
+                    frame @ v3::LinkResponse {
+                        frame:
+                            Some(
+                                v3::link_response::Frame::QueueResult(_)
+                                | v3::link_response::Frame::AckRefused(_),
+                            ),
+                    },
+                ) => {
+                    let _ = self.out.send(Ok(frame)).await;
+                }
+                Ok(_) => {}
+                Err(status) => {
+                    debug!(ns = %peer.instance_id, error = %status, "a Network Server link ended");
+                    break;
+                }
+            }
+            if self.closed() {
+                break;
+            }
+        }
+        let none_left = {
+            let mut links = self.links.lock().expect("merge links lock");
+            if links
+                .get(&peer.instance_id)
+                .is_some_and(|(_, t)| t.same_channel(&tx))
+            {
+                links.remove(&peer.instance_id);
+            }
+            links.is_empty()
+        };
+        if none_left && *self.phase.borrow() == Phase::Open {
+            // No Network Server is linked any more: end the AS's link, so that it reports
+            // itself not ready and links anew (the relinks here could take a while).
+            let _ = self
+                .out
+                .send(Err(Status::unavailable(format!(
+                    "Network Server {:?} closed the link and no other is linked",
+                    peer.instance_id
+                ))))
+                .await;
+            self.close();
+        }
+        Ok(())
+    }
+
+    /// Hands an `up` frame to the AS, remembering which Network Server sent it.
+    async fn forward_up(&self, ns: &str, mut up: v3::SequencedApplicationUp) {
+        if up.ns_instance_id.is_empty() {
+            // The AS tells numberings apart by this ID: one per Network Server at least.
+            up.ns_instance_id = ns.to_owned();
+        }
+        {
+            let mut memory = self.inner.memory.lock().expect("merge memory lock");
+            if let Some(ids) = up.up.as_ref().and_then(|u| u.end_device_ids.as_ref()) {
+                memory
+                    .last_ns
+                    .insert(format!("{}/{}", app_of(ids), ids.device_id), ns.to_owned());
+            }
+            if !memory.streams.contains_key(&up.ns_instance_id) {
+                memory
+                    .streams
+                    .insert(up.ns_instance_id.clone(), ns.to_owned());
+            }
+        }
+        let _ = self
+            .out
+            .send(Ok(v3::LinkResponse {
+                frame: Some(v3::link_response::Frame::Up(up)),
+            }))
+            .await;
+    }
+
+    /// Sends the AS's acknowledgement to the Network Server whose numbering it names.
+    async fn acknowledge(&self, mut ack: v3::LinkAck) {
+        let (ns, named_by_ns) = {
+            let memory = self.inner.memory.lock().expect("merge memory lock");
+            let Some(ns) = memory.streams.get(&ack.ns_instance_id).cloned() else {
+                // Without a known numbering it could acknowledge another instance's
+                // messages; unacknowledged messages are resent at the next link instead.
+                debug!(ns_instance_id = %ack.ns_instance_id, "acknowledgement of an unknown numbering: not forwarded");
+                return;
+            };
+            let named = memory
+                .streams
+                .iter()
+                .any(|(stream, peer)| *peer == ns && *stream != ns);
+            (ns, named)
+        };
+        if ack.ns_instance_id == ns && !named_by_ns {
+            // Filled in by `forward_up` for a Network Server that names none.
+            ack.ns_instance_id.clear();
+        }
+        let tx = self
+            .links
+            .lock()
+            .expect("merge links lock")
+            .get(&ns)
+            .map(|(_, tx)| tx.clone());
+        if let Some(tx) = tx {
+            let _ = tx
+                .send(Ok(v3::LinkRequest {
+                    frame: Some(v3::link_request::Frame::Ack(ack)),
+                }))
+                .await;
+        }
+    }
+
+    /// Sends a queue operation to the Network Server owning the device.
+    async fn queue_operation(&self, op: v3::DownlinkQueueOperation) {
+        let linked: Vec<Peer> = self
+            .links
+            .lock()
+            .expect("merge links lock")
+            .values()
+            .map(|(p, _)| p.clone())
+            .collect();
+        let target = self
+            .inner
+            .route(op.end_device_ids.as_ref(), &linked)
+            .and_then(|p| {
+                self.links
+                    .lock()
+                    .expect("merge links lock")
+                    .get(&p.instance_id)
+                    .map(|(_, tx)| tx.clone())
+            });
+        let operation_id = op.operation_id;
+        let sent = match target {
+            Some(tx) => tx
+                .send(Ok(v3::LinkRequest {
+                    frame: Some(v3::link_request::Frame::QueueOperation(op)),
+                }))
+                .await
+                .is_ok(),
+            None => false,
+        };
+        if !sent {
+            let _ = self
+                .out
+                .send(Ok(v3::LinkResponse {
+                    frame: Some(v3::link_response::Frame::QueueResult(
+                        v3::DownlinkQueueOperationResult {
+                            operation_id,
+                            error: Some(v3::ErrorDetails {
+                                code: tonic::Code::Unavailable as u32,
+                                name: "no_network_server".to_owned(),
+                                message: "no Network Server is linked right now: try again"
+                                    .to_owned(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                    )),
+                }))
+                .await;
+        }
+    }
+
+    /// Reads the AS's frames until it closes the link, and follows the directory.
+    async fn serve(self: Arc<Self>, mut requests: BoxStream<LinkResult<v3::LinkRequest>>) {
+        let mut directory = self.inner.directory.subscribe();
+        // Whoever appeared since the link started.
+        let peers = directory
+            .borrow_and_update()
+            .with_role(PeerRole::NetworkServer);
+        self.follow(&peers);
+        loop {
+            tokio::select! {
+                request = requests.next() => match request {
+                    Some(Ok(v3::LinkRequest { frame: Some(frame) })) => match frame {
+                        v3::link_request::Frame::QueueOperation(op) => self.queue_operation(op).await,
+                        v3::link_request::Frame::Ack(ack) => self.acknowledge(ack).await,
+                        // Only the first frame starts the link.
+                        v3::link_request::Frame::Start(_) => {}
+                    },
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                },
+                changed = directory.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let peers = directory.borrow_and_update().with_role(PeerRole::NetworkServer);
+                    self.follow(&peers);
+                }
+                () = self.out.closed() => break,
+            }
+        }
+        self.close();
     }
 }
 
@@ -432,22 +904,63 @@ impl AsNs for DirectoryAsNs {
         caller: Caller,
         mut requests: BoxStream<LinkResult<v3::LinkRequest>>,
     ) -> LinkResult<BoxStream<LinkResult<v3::LinkResponse>>> {
-        // The first frame names the applications, and so the NS that owns them.
         let first = requests
             .next()
             .await
             .ok_or_else(|| Status::cancelled("the link closed before LinkStart"))??;
-        let shard_key = match &first.frame {
-            Some(v3::link_request::Frame::Start(start)) => start
-                .application_ids
-                .first()
-                .map(|a| a.application_id.clone())
-                .unwrap_or_default(),
-            _ => String::new(),
+        let Some(v3::link_request::Frame::Start(start)) = first.frame else {
+            return Err(Status::invalid_argument(
+                "the first frame of a link must be LinkStart",
+            ));
         };
-        let client = self.client(&shard_key)?;
-        let requests = Box::pin(tokio_stream::once(Ok(first)).chain(requests));
-        client.link_application(caller, requests).await
+        let peers = self.inner.network_servers();
+        if peers.is_empty() {
+            return Err(Status::unavailable(
+                "no Network Server is known: check cluster.network-server or etcd",
+            ));
+        }
+        let (out, out_rx) = mpsc::channel(1024);
+        let merge = Arc::new(Merge {
+            inner: self.inner.clone(),
+            caller,
+            start,
+            out,
+            phase: watch::Sender::new(Phase::Opening),
+            links: Mutex::default(),
+            tasks: Mutex::default(),
+        });
+        let (first_tx, mut first_rx) = mpsc::channel(peers.len());
+        for p in &peers {
+            merge.spawn(p.clone(), Some(first_tx.clone()));
+        }
+        drop(first_tx);
+        let mut first_error = None;
+        let apps = loop {
+            match first_rx.recv().await {
+                Some(Ok(apps)) => break Some(apps),
+                Some(Err(status)) => {
+                    first_error.get_or_insert(status);
+                }
+                None => break None,
+            }
+        };
+        let Some(apps) = apps else {
+            merge.close();
+            return Err(first_error
+                .unwrap_or_else(|| Status::unavailable("no Network Server could be linked")));
+        };
+        let _ = merge
+            .out
+            .send(Ok(v3::LinkResponse {
+                frame: Some(v3::link_response::Frame::Established(v3::LinkEstablished {
+                    application_ids: apps,
+                    ..Default::default()
+                })),
+            }))
+            .await;
+        merge.phase.send_replace(Phase::Open);
+        tokio::spawn(merge.clone().serve(requests));
+        Ok(Box::pin(ReceiverStream::new(out_rx)))
     }
 
     async fn downlink_queue_list(
@@ -455,12 +968,14 @@ impl AsNs for DirectoryAsNs {
         caller: Caller,
         device: v3::EndDeviceIdentifiers,
     ) -> LinkResult<v3::ApplicationDownlinks> {
-        let app = device
-            .application_ids
-            .as_ref()
-            .map(|a| a.application_id.clone())
-            .unwrap_or_default();
-        self.client(&app)?.downlink_queue_list(caller, device).await
+        let peers = self.inner.network_servers();
+        let peer = self.inner.route(Some(&device), &peers).ok_or_else(|| {
+            Status::unavailable("no Network Server is known: check cluster.network-server or etcd")
+        })?;
+        self.inner
+            .target(&peer)?
+            .downlink_queue_list(caller, device)
+            .await
     }
 }
 

@@ -128,7 +128,11 @@ pub(crate) fn split_url(url: &str) -> Result<(String, TlsSettings), String> {
         return Err(format!(
             "sslmode={} needs sslrootcert=<file of PEM CA certificates> (the system bundle, \
              e.g. /etc/ssl/certs/ca-certificates.crt, works for public CAs)",
-            if mode == SslMode::VerifyCa { "verify-ca" } else { "verify-full" }
+            if mode == SslMode::VerifyCa {
+                "verify-ca"
+            } else {
+                "verify-full"
+            }
         ));
     }
     // Put the mode back in the words tokio-postgres knows.
@@ -196,13 +200,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),

@@ -538,7 +538,9 @@ mod tls_tests {
                 "CI is set but TERN_TEST_POSTGRES_URL/TERN_TEST_POSTGRES_CA do not name the test \
                  server and its CA (url {url:?}, ca {ca:?}): see scripts/test-postgres.sh"
             );
-            eprintln!("!!!!!!!! SKIPPED PostgreSQL TLS tests: set TERN_TEST_POSTGRES_URL and TERN_TEST_POSTGRES_CA");
+            eprintln!(
+                "!!!!!!!! SKIPPED PostgreSQL TLS tests: set TERN_TEST_POSTGRES_URL and TERN_TEST_POSTGRES_CA"
+            );
             return None;
         }
         Some((url, ca))
@@ -573,7 +575,9 @@ mod tls_tests {
     fn other_ca(dir: &std::path::Path) -> String {
         let path = dir.join("other-ca.crt");
         let out = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
             .args(["-subj", "/CN=not the test CA", "-keyout"])
             .arg(dir.join("other-ca.key"))
             .arg("-out")
@@ -593,9 +597,12 @@ mod tls_tests {
         // Another CA: refused, naming the certificate problem.
         let dir = tempfile::tempdir().unwrap();
         let other = other_ca(dir.path());
-        let err = ssl_in_use(with(&url, &format!("sslmode=verify-full&sslrootcert={other}")))
-            .await
-            .unwrap_err();
+        let err = ssl_in_use(with(
+            &url,
+            &format!("sslmode=verify-full&sslrootcert={other}"),
+        ))
+        .await
+        .unwrap_err();
         assert!(err.contains("certificate"), "{err}");
 
         // The right CA but a host name the certificate is not for (reached through its IP).
@@ -610,7 +617,11 @@ mod tls_tests {
         .unwrap_err();
         assert!(err.contains("certificate"), "{err}");
         // verify-ca checks the chain only, as in libpq: the same connection is accepted.
-        let ok = ssl_in_use(with(&wrong_host, &format!("sslmode=verify-ca&sslrootcert={ca}"))).await;
+        let ok = ssl_in_use(with(
+            &wrong_host,
+            &format!("sslmode=verify-ca&sslrootcert={ca}"),
+        ))
+        .await;
         assert_eq!(ok, Ok(true));
     }
 

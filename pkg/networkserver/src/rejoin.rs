@@ -1,0 +1,550 @@
+//! LoRaWAN 1.1 rejoin-requests (L2 1.1 §6.2.4, §6.2.5).
+//!
+//! Types 0 and 2 carry NetID and DevEUI and are signed with the SNwkSIntKey of the device's
+//! session: the NS finds the device by DevEUI, verifies the MIC and that RJcount0 (shared by
+//! types 0 and 2, per session) increases, then asks the Join Server. Type 1 carries JoinEUI
+//! and DevEUI and is signed with the JSIntKey, which only the JS holds: the JS verifies it
+//! and RJcount1. The answer is a join-accept sent in the data receive windows (RX1 delay and
+//! RX parameters of the current session, not the join-accept delays); the new session is
+//! pending until the device's first uplink with it, like after a join. Type 0 and 1 get a
+//! new DevAddr and a fresh MAC state; type 2 keeps the DevAddr and the radio parameters.
+
+use lorawan::phy::RejoinRequest;
+use lorawan::{Eui64, crypto};
+use tern_store::{Batch, Expect, Table};
+
+use super::*;
+
+/// Rejoin state per DevEUI: which device it is (types 0/2 carry no JoinEUI) and the last
+/// RJcount0 accepted, with the session it belongs to.
+pub(crate) static REJOIN_DEVICES: Table = Table {
+    name: "ns.rejoin",
+    what: "NS rejoin state",
+};
+
+/// A [`REJOIN_DEVICES`] record.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct RejoinRecord {
+    /// The device's application.
+    #[prost(string, tag = "1")]
+    pub application_id: String,
+    /// The device.
+    #[prost(string, tag = "2")]
+    pub device_id: String,
+    /// The session `rj_count0` belongs to (its session key ID, or DevAddr without one).
+    #[prost(bytes = "vec", tag = "3")]
+    pub session: Vec<u8>,
+    /// The greatest RJcount0 accepted in that session.
+    #[prost(uint32, optional, tag = "4")]
+    pub rj_count0: Option<u32>,
+}
+
+/// The identity of a session for RJcount0.
+fn session_id(s: &crate::devices::SessionCtx) -> Vec<u8> {
+    if s.session_key_id.is_empty() {
+        s.dev_addr.to_be_bytes().to_vec()
+    } else {
+        s.session_key_id.clone()
+    }
+}
+
+impl Core {
+    async fn rejoin_record(&self, dev_eui: Eui64) -> Result<Option<(RejoinRecord, u64)>, String> {
+        let Some(r) = self
+            .store
+            .get(&REJOIN_DEVICES, &dev_eui.to_string())
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        let rec = RejoinRecord::decode(r.value.as_slice())
+            .map_err(|e| format!("rejoin state of DevEUI {dev_eui}: {e}"))?;
+        Ok(Some((rec, r.version)))
+    }
+
+    async fn put_rejoin_record(
+        &self,
+        dev_eui: Eui64,
+        rec: &RejoinRecord,
+        version: Option<u64>,
+    ) -> Result<(), String> {
+        let mut batch = Batch::new();
+        batch.put(
+            &REJOIN_DEVICES,
+            dev_eui.to_string(),
+            rec.encode_to_vec(),
+            version.map_or(Expect::Absent, Expect::Version),
+            Vec::new(),
+        );
+        self.store
+            .commit(batch)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Remembers which device a DevEUI is, for its later rejoin-requests of type 0 and 2
+    /// (called on every accepted join; the caller holds the device's lock).
+    pub(super) async fn remember_dev_eui(&self, dev_eui: Eui64, ids: &v3::EndDeviceIdentifiers) {
+        let app = app_id(ids);
+        let result = match self.rejoin_record(dev_eui).await {
+            Ok(Some((rec, _))) if rec.application_id == app && rec.device_id == ids.device_id => {
+                return;
+            }
+            Ok(existing) => {
+                let rec = RejoinRecord {
+                    application_id: app,
+                    device_id: ids.device_id.clone(),
+                    ..Default::default()
+                };
+                self.put_rejoin_record(dev_eui, &rec, existing.map(|(_, v)| v))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            warn!(%dev_eui, error = %e, "cannot record the DevEUI for rejoin-requests");
+        }
+    }
+
+    /// The device slot of `application_id/device_id`, loaded from the store if needed.
+    async fn rejoin_slot(&self, app: &str, dev: &str) -> Result<Option<Slot>, String> {
+        let key = format!("{app}/{dev}");
+        if let Some(s) = self.devices.get(&key) {
+            return Ok(Some(s));
+        }
+        let Some(found) = self
+            .store
+            .get_ns_device(app, dev)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        let d = Device::load(found.value, found.version, &self.vault)?;
+        Ok(Some(self.devices.insert(d)))
+    }
+
+    /// Handles a deduplicated rejoin-request.
+    pub(super) async fn handle_rejoin(self: &Arc<Self>, ctx: UplinkCtx, phy: PhyPayload) {
+        let cids = ctx.msg.correlation_ids.clone();
+        let Payload::RejoinRequest(rr) = &phy.payload else {
+            return;
+        };
+        let rejoin_type = rr.rejoin_type();
+        let dev_eui = rr.dev_eui();
+        self.events.publish(
+            Event::new(&defs::NS_UP_JOIN_RECEIVE)
+                .with_correlation_ids(cids.iter().cloned())
+                .with_data(&ctx.msg),
+        );
+        let what = format!("rejoin-request type {rejoin_type} of DevEUI {dev_eui}");
+        let reject =
+            |reason: &'static str, message: String, ids: Option<&v3::EndDeviceIdentifiers>| {
+                self.metrics
+                    .rejoins
+                    .get_or_create(&[("outcome", reason)])
+                    .inc();
+                self.metrics
+                    .dropped
+                    .get_or_create(&[("reason", reason)])
+                    .inc();
+                debug!(reason, %message, "rejoin-request dropped");
+                let details = error(tonic::Code::InvalidArgument, reason, message);
+                self.events.publish(
+                    Event::new(&defs::NS_UP_JOIN_REJECT)
+                        .with_identifiers(ids)
+                        .with_correlation_ids(cids.iter().cloned())
+                        .with_data(&details),
+                );
+            };
+
+        // Which device: by JoinEUI and DevEUI (type 1), or by DevEUI in our NetID (0/2).
+        let slot = match *rr {
+            RejoinRequest::Type1 { join_eui, .. } => {
+                match self.store.ns_device_by_euis(join_eui, dev_eui).await {
+                    Ok(Some(found)) => {
+                        let ids = found
+                            .value
+                            .device
+                            .as_ref()
+                            .and_then(|d| d.ids.clone())
+                            .unwrap_or_default();
+                        self.rejoin_slot(&app_id(&ids), &ids.device_id).await
+                    }
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            RejoinRequest::Type0Or2 { net_id, .. } => {
+                if net_id != self.config.net_id {
+                    reject(
+                        "net_id_mismatch",
+                        format!(
+                            "{what}: NetID {net_id} is not this network's {} (roaming is not supported)",
+                            self.config.net_id
+                        ),
+                        None,
+                    );
+                    return;
+                }
+                match self.rejoin_record(dev_eui).await {
+                    Ok(Some((rec, _))) => {
+                        self.rejoin_slot(&rec.application_id, &rec.device_id).await
+                    }
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let slot = match slot {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                reject(
+                    "unknown_device",
+                    format!("{what}: no device on this Network Server has joined with this DevEUI"),
+                    None,
+                );
+                return;
+            }
+            Err(e) => {
+                reject("store_error", format!("{what}: {e}"), None);
+                return;
+            }
+        };
+        let mut dev = slot.lock().await;
+        let ids = dev.ids();
+        let Some(device) = dev.record.device.clone() else {
+            return;
+        };
+        let version =
+            v3::MacVersion::try_from(device.lorawan_version).unwrap_or(v3::MacVersion::Unknown);
+        if version != v3::MacVersion::MacV11 {
+            reject(
+                "rejoin_not_supported",
+                format!(
+                    "{what}: the device is registered as LoRaWAN {}; rejoin-requests exist only in LoRaWAN 1.1",
+                    version.as_str_name()
+                ),
+                Some(&ids),
+            );
+            return;
+        }
+        if !device.supports_join {
+            reject(
+                "not_otaa",
+                format!("{what}: the device does not support join (supports_join is false)"),
+                Some(&ids),
+            );
+            return;
+        }
+
+        // Types 0/2: the MIC of a session of the device, and RJcount0 above the last one.
+        let mut verified = None;
+        if let RejoinRequest::Type0Or2 { rj_count0, .. } = *rr {
+            let sessions: Vec<_> = [
+                (&dev.current, Which::Current),
+                (&dev.pending, Which::Pending),
+            ]
+            .into_iter()
+            .filter_map(|(s, w)| s.clone().filter(|s| s.v1_1).map(|s| (s, w)))
+            .collect();
+            if sessions.is_empty() {
+                reject(
+                    "rejoin_not_supported",
+                    format!(
+                        "{what}: the device has no LoRaWAN 1.1 session (joined without OptNeg, or not at all)"
+                    ),
+                    Some(&ids),
+                );
+                return;
+            }
+            let mic_input = PhyPayload::mic_input(&ctx.msg.raw_payload);
+            let mic = phy.mic.unwrap_or_default();
+            let Some((session, which)) = sessions.into_iter().find(|(s, _)| {
+                crypto::mic_matches(
+                    &crypto::rejoin_request_mic(&s.s_nwk_s_int_key, mic_input),
+                    &mic,
+                )
+            }) else {
+                reject(
+                    "rejoin_mic_mismatch",
+                    format!(
+                        "{what}: the MIC does not verify with the SNwkSIntKey of the device's sessions"
+                    ),
+                    Some(&ids),
+                );
+                return;
+            };
+            let rj = u32::from(rj_count0);
+            let sid = session_id(&session);
+            let existing = match self.rejoin_record(dev_eui).await {
+                Ok(r) => r,
+                Err(e) => {
+                    reject("store_error", format!("{what}: {e}"), Some(&ids));
+                    return;
+                }
+            };
+            if let Some((rec, _)) = &existing
+                && rec.session == sid
+                && let Some(last) = rec.rj_count0.filter(|l| rj <= *l)
+            {
+                reject(
+                    "rj_count_replay",
+                    format!(
+                        "{what}: RJcount0 {rj} is not above {last}, the last accepted in this session"
+                    ),
+                    Some(&ids),
+                );
+                return;
+            }
+            // Recorded before the JS sees it: a crash cannot make this counter usable again.
+            let rec = RejoinRecord {
+                application_id: app_id(&ids),
+                device_id: ids.device_id.clone(),
+                session: sid,
+                rj_count0: Some(rj),
+            };
+            if let Err(e) = self
+                .put_rejoin_record(dev_eui, &rec, existing.map(|(_, v)| v))
+                .await
+            {
+                reject("store_error", format!("{what}: {e}"), Some(&ids));
+                return;
+            }
+            verified = Some((session, which));
+        }
+
+        let plan = plan_of(&device, &self.config);
+        let params = plan.params();
+        // Type 2 keeps the DevAddr; 0 and 1 get a new one.
+        let dev_addr = match (&verified, rejoin_type) {
+            (Some((s, _)), 2) => s.dev_addr,
+            _ => {
+                let prefix = self.prefixes[self.random_u32() as usize % self.prefixes.len()];
+                prefix.address(self.random_u32())
+            }
+        };
+        // The current RX parameters: the rejoin-accept goes out with them.
+        let (rx1_delay, rx1_offset_now, rx2_freq, rx2_dr_now) =
+            self.mac.rx_params(&dev, plan, &self.config);
+        let (session_mac, rx1_offset, rx2_dr, rx_delay, cf_list) = if rejoin_type == 2 {
+            // Radio parameters unchanged: the accept repeats them, the MAC state carries over.
+            let mac = match &verified {
+                Some((_, Which::Pending)) => dev.state.pending_mac.clone(),
+                _ => dev.state.mac.clone(),
+            };
+            (mac, rx1_offset_now, rx2_dr_now, rx1_delay, Vec::new())
+        } else {
+            match self.mac.fresh(&device, plan, true) {
+                Ok((m, Some(ja))) => (
+                    m.encode_to_vec(),
+                    ja.rx1_dr_offset,
+                    ja.rx2_data_rate,
+                    ja.rx_delay,
+                    ja.cf_list.map(|c| c.to_vec()).unwrap_or_default(),
+                ),
+                Ok((_, None)) => return,
+                Err(e) => {
+                    reject("invalid_mac_settings", format!("{what}: {e}"), Some(&ids));
+                    return;
+                }
+            }
+        };
+        let request = v3::JoinRequest {
+            raw_payload: ctx.msg.raw_payload.clone(),
+            dev_addr: dev_addr.to_be_bytes().to_vec(),
+            selected_mac_version: v3::MacVersion::MacV11 as i32,
+            net_id: self.config.net_id.to_be_bytes().to_vec(),
+            downlink_settings: Some(v3::DownlinkSettings {
+                rx1_dr_offset: u32::from(rx1_offset),
+                rx2_dr: u32::from(rx2_dr),
+                opt_neg: true,
+            }),
+            rx_delay: u32::from(rx_delay),
+            cf_list,
+            correlation_ids: cids.clone(),
+        };
+        let response = match self.js.handle_join(request.clone()).await {
+            Ok(r) => r,
+            Err(status) => {
+                let reason = match status.code() {
+                    tonic::Code::AlreadyExists => "rj_count_replay",
+                    tonic::Code::NotFound => "unknown_device",
+                    tonic::Code::InvalidArgument => "rejoin_mic_mismatch",
+                    tonic::Code::FailedPrecondition => "rejoin_not_supported",
+                    _ => "join_server_error",
+                };
+                reject(
+                    reason,
+                    format!("{what}: Join Server: {}", status.message()),
+                    Some(&ids),
+                );
+                return;
+            }
+        };
+        let mut keys = response.session_keys.clone().unwrap_or_default();
+        let app_s_key = keys.app_s_key.take();
+        // The NS keeps the AppSKey only wrapped; it cannot read it.
+        keys.app_s_key = app_s_key.clone().filter(|k| k.is_wrapped());
+        let session = v3::Session {
+            dev_addr: dev_addr.to_be_bytes().to_vec(),
+            keys: Some(keys),
+            started_at: Some(Timestamp::now()),
+            ..Default::default()
+        };
+        let ctx_keys = match self.vault.session(&session, true) {
+            Ok(k) => k,
+            Err(e) => {
+                reject("unusable_session_keys", format!("{what}: {e}"), Some(&ids));
+                return;
+            }
+        };
+        let old_addrs = dev.dev_addrs();
+        let mut next = dev.clone();
+        next.record.pending_session = Some(session);
+        next.pending = Some(ctx_keys);
+        next.state.pending_mac = session_mac;
+        next.record.state = next.state.encode_to_vec();
+        match self
+            .store
+            .set_ns_device(&next.record, Expect::Version(dev.version))
+            .await
+        {
+            Ok(v) => next.version = v,
+            Err(e) => {
+                reject("store_error", format!("{what}: {e}"), Some(&ids));
+                return;
+            }
+        }
+        *dev = next;
+        let new_addrs = dev.dev_addrs();
+        self.devices
+            .reindex(&dev.key(), &old_addrs, &new_addrs, &slot);
+        self.metrics
+            .rejoins
+            .get_or_create(&[("outcome", "accepted")])
+            .inc();
+        self.events.publish(
+            Event::new(&defs::NS_UP_JOIN_ACCEPT)
+                .with_identifiers([&ids])
+                .with_correlation_ids(cids.iter().cloned())
+                .with_data(&request),
+        );
+
+        // The rejoin-accept: data receive windows of the current session.
+        let up_dr = uplink_dr(plan, ctx.msg.settings.as_ref()).unwrap_or(0);
+        let rx1_dr = params
+            .rx1_data_rate(up_dr, rx1_offset_now, plan.downlink_dwell_time)
+            .unwrap_or(up_dr);
+        let message = v3::DownlinkMessage {
+            raw_payload: response.raw_payload.clone(),
+            correlation_ids: cids.clone(),
+            request: Some(v3::TxRequest {
+                class: v3::DeviceClass::ClassA as i32,
+                downlink_paths: self.gateways.class_a_paths(&ctx.msg.rx_metadata),
+                rx1_delay: u32::from(rx1_delay),
+                rx1_data_rate: params.data_rate(rx1_dr).map(Into::into),
+                rx1_frequency: u64::from(
+                    params.rx1_frequency(ctx.frequency).unwrap_or(ctx.frequency),
+                ),
+                rx2_data_rate: params.data_rate(rx2_dr_now).map(Into::into),
+                rx2_frequency: u64::from(rx2_freq),
+                priority: v3::TxSchedulePriority::Highest as i32,
+                frequency_plan_id: plan.id.to_owned(),
+                ..Default::default()
+            }),
+            downlink_id: format!("{}/join/{:08x}", self.instance_id, self.random_u32()),
+            end_device_ids: Some(ids.clone()),
+        };
+        self.schedule_accept(&ids, &cids, message, &ctx.msg.rx_metadata, "rejoin_accept")
+            .await;
+        let session_key_id = response
+            .session_keys
+            .as_ref()
+            .map(|k| k.session_key_id.clone())
+            .unwrap_or_default();
+        let accepted_ids = v3::EndDeviceIdentifiers {
+            dev_addr: dev_addr.to_be_bytes().to_vec(),
+            ..ids.clone()
+        };
+        self.deliver(
+            &accepted_ids,
+            &cids,
+            v3::application_up::Up::JoinAccept(v3::ApplicationJoinAccept {
+                session_key_id,
+                app_s_key,
+                invalidated_downlinks: Vec::new(),
+                pending_session: true,
+                received_at: Some(ctx.received_at.into()),
+            }),
+        )
+        .await;
+    }
+
+    /// Hands a join- or rejoin-accept (`kind`, the metric's outcome) to the GS; events and
+    /// metrics say how it went. Without a usable gateway it fails with `no_gateway_path`.
+    pub(super) async fn schedule_accept(
+        &self,
+        ids: &v3::EndDeviceIdentifiers,
+        cids: &[String],
+        message: v3::DownlinkMessage,
+        rx: &[v3::RxMetadata],
+        kind: &'static str,
+    ) {
+        let fail = |f: v3::ScheduleDownlinkFailure| {
+            self.events.publish(
+                Event::new(&defs::NS_DOWN_JOIN_SCHEDULE_FAIL)
+                    .with_identifiers([ids])
+                    .with_correlation_ids(cids.iter().cloned())
+                    .with_data(&f),
+            );
+        };
+        let Some(gs) = self.gs.get() else {
+            warn!(
+                kind,
+                "no Gateway Server link is set: the accept cannot be scheduled"
+            );
+            return;
+        };
+        if message
+            .request
+            .as_ref()
+            .is_none_or(|r| r.downlink_paths.is_empty())
+        {
+            self.metrics
+                .downlinks
+                .get_or_create(&[("outcome", "no_gateway_path")])
+                .inc();
+            let heard: Vec<_> = rx.iter().filter_map(|m| m.gateway_ids.clone()).collect();
+            fail(self.gateways.no_path_failure(&heard));
+            return;
+        }
+        match gs.schedule_downlink(message.clone()).await {
+            Ok(v3::ScheduleDownlinkResponse {
+                result: Some(v3::schedule_downlink_response::Result::Scheduled(_)),
+            }) => {
+                self.metrics
+                    .downlinks
+                    .get_or_create(&[("outcome", kind)])
+                    .inc();
+                self.events.publish(
+                    Event::new(&defs::NS_DOWN_JOIN_SCHEDULE)
+                        .with_identifiers([ids])
+                        .with_correlation_ids(cids.iter().cloned())
+                        .with_data(&message),
+                );
+            }
+            Ok(v3::ScheduleDownlinkResponse {
+                result: Some(v3::schedule_downlink_response::Result::Failed(f)),
+            }) => fail(f),
+            Ok(_) | Err(_) => {
+                self.metrics
+                    .downlinks
+                    .get_or_create(&[("outcome", "schedule_error")])
+                    .inc();
+            }
+        }
+    }
+}
