@@ -9,9 +9,12 @@
 //! - [`fanout`]: where rendered messages go: the MQTT server and any [`fanout::Sink`]
 //!   (webhooks, pub/sub), plus a broadcast for best-effort listeners.
 //! - [`mqtt`]: the MQTT server for applications; [`grpc`]: the public gRPC API.
+//! - [`cluster`]: with a NATS event bus, every AS of the cluster relays its MQTT messages
+//!   to the others, so that a client sees all of its application's traffic on any AS.
 
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod fanout;
@@ -57,7 +60,8 @@ pub struct AsDeps {
     pub js: Option<Arc<dyn AsJs>>,
     /// Verifies the API keys of MQTT clients.
     pub api_keys: Arc<dyn ApiKeyVerifier>,
-    /// The name of this AS instance, shown to a second AS refused the same link.
+    /// The name of this AS instance, shown to a second AS refused the same link; also tags
+    /// the MQTT messages it relays to the cluster's other ASes (unique per AS).
     pub instance_id: String,
 }
 
@@ -70,6 +74,7 @@ struct Full {
     started: Arc<AtomicBool>,
     mqtt_addrs: Mutex<Vec<SocketAddr>>,
     integrations: tern_integrations::Integrations,
+    relay: Option<Arc<cluster::MqttRelay>>,
 }
 
 /// The Application Server role.
@@ -116,6 +121,7 @@ impl ApplicationServer {
         let fanout = Arc::new(fanout::Fanout::new(1024));
         let core_store = deps.store.clone();
         let api_keys = deps.api_keys.clone();
+        let events = deps.events.clone();
         let core = Arc::new(AsCore::new(
             deps.store,
             deps.events,
@@ -128,7 +134,7 @@ impl ApplicationServer {
         let linker = Arc::new(Linker::with_handler(
             deps.ns,
             deps.config.link.clone(),
-            deps.instance_id,
+            deps.instance_id.clone(),
             Some(core.clone() as Arc<dyn UpHandler>),
         ));
         core.attach(&linker);
@@ -138,6 +144,12 @@ impl ApplicationServer {
             deps.config.mqtt.clone(),
         ));
         fanout.add_sink(mqtt.clone());
+        // Messages of other ASes go to the MQTT server only: integrations run where the
+        // message was produced.
+        let relay = cluster::MqttRelay::new(&events, deps.instance_id, mqtt.clone());
+        if let Some(relay) = &relay {
+            fanout.add_sink(relay.clone());
+        }
         let integrations =
             tern_integrations::Integrations::new(tern_integrations::IntegrationsDeps {
                 config: deps.config.integrations.clone(),
@@ -163,6 +175,7 @@ impl ApplicationServer {
                 started,
                 mqtt_addrs: Mutex::new(Vec::new()),
                 integrations,
+                relay,
             }),
         })
     }
@@ -226,6 +239,11 @@ impl ApplicationServer {
         self.full.as_ref().map(|f| &f.mqtt)
     }
 
+    /// The relay of MQTT messages to the cluster's other ASes (full AS on a NATS bus only).
+    pub fn relay(&self) -> Option<&Arc<cluster::MqttRelay>> {
+        self.full.as_ref().and_then(|f| f.relay.as_ref())
+    }
+
     /// The addresses the MQTT server listens on (plain first), once started.
     pub fn mqtt_addrs(&self) -> Vec<SocketAddr> {
         self.full
@@ -259,7 +277,14 @@ impl RoleService for ApplicationServer {
                 full.mqtt.metrics().register(registry);
                 full.core.formatters.register_metrics(registry);
                 full.integrations.register_metrics(registry);
+                if let Some(relay) = &full.relay {
+                    relay.metrics().register(registry);
+                }
             });
+            // Before the link too: other ASes' messages reach clients as soon as they connect.
+            if let Some(relay) = &full.relay {
+                relay.start(ctx.shutdown.clone()).await?;
+            }
             // Before the link: messages from the NS reach webhooks only once they run.
             full.integrations
                 .start(ctx.shutdown.clone())

@@ -174,6 +174,14 @@ impl EventBus {
         }
     }
 
+    /// The NATS backend, if that is what the bus is.
+    pub(crate) fn nats(&self) -> Option<&NatsBus> {
+        match &self.inner.backend {
+            Backend::Local(_) => None,
+            Backend::Nats(nats) => Some(nats),
+        }
+    }
+
     /// `"in-process"` or `"nats"`.
     pub fn kind(&self) -> &'static str {
         match &self.inner.backend {

@@ -42,6 +42,14 @@ pub enum EventsError {
         /// The client's error.
         reason: String,
     },
+    /// NATS refused a raw publication (or the bus is in-process).
+    #[error("events: cannot publish to NATS subject {subject:?}: {reason}")]
+    Publish {
+        /// The subject.
+        subject: String,
+        /// Why.
+        reason: String,
+    },
     /// Flushing published events to NATS failed.
     #[error("events: cannot flush events to NATS at {url:?}: {reason}")]
     Flush {

@@ -23,6 +23,7 @@ mod error;
 mod event;
 mod filter;
 mod nats;
+mod raw;
 pub mod service;
 
 pub use bus::{EventBus, RecvError, Stats, Subscription};
@@ -32,3 +33,4 @@ pub use definitions::{Definition, DefinitionInfo, EventData, Fields, NoData};
 pub use error::EventsError;
 pub use event::{Event, IntoEntityIdentifiers, origin};
 pub use filter::Filter;
+pub use raw::{RawMessage, RawSubscription, subject_token};

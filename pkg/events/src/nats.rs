@@ -43,6 +43,8 @@ enum Outgoing {
 
 pub(crate) struct NatsBus {
     client: Client,
+    /// `<prefix>`.
+    prefix: String,
     /// `<prefix>.events`.
     base: String,
     /// For errors and logs, passwords redacted.
@@ -101,11 +103,20 @@ impl NatsBus {
         tracing::info!(%url, "events: sharing events through NATS");
         Ok(Self {
             client,
+            prefix: config.subject_prefix.clone(),
             base: format!("{}.events", config.subject_prefix),
             url,
             out,
             counters,
         })
+    }
+
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
     }
 
     pub(crate) fn url(&self) -> &str {
@@ -337,7 +348,7 @@ fn name_tokens(name: &str) -> String {
 /// One subject token: letters, digits, `-` and `_` as they are; anything else (dots,
 /// wildcards, blanks) as `~XX` hex, and an empty string as `~`. IDs and event names are
 /// already plain, so this only guards against the malformed.
-fn token(s: &str) -> String {
+pub(crate) fn token(s: &str) -> String {
     if s.is_empty() {
         return "~".to_owned();
     }

@@ -496,3 +496,52 @@ async fn missing_credentials_file_is_named() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_messages_cross_buses_under_the_prefix() {
+    let server = NatsServer::start();
+    let a = connect(&server.url, Encoding::Json).await;
+    let b = connect(&server.url, Encoding::Protobuf).await;
+    assert_eq!(a.subject_prefix(), Some("tern"));
+    let mut sub = b.subscribe_raw("as.mqtt.>").await.unwrap();
+    let app = tern_events::subject_token("app.1");
+    assert_eq!(app, "app~2E1", "a dot would add a subject token");
+    for n in 0..3u8 {
+        a.publish_raw(
+            &format!("as.mqtt.{app}"),
+            &[("Tern-Origin", "as-a")],
+            vec![n].into(),
+        )
+        .await
+        .unwrap();
+    }
+    // Event subscriptions never see raw messages, and raw ones never see events.
+    let mut events = b.subscribe(Filter::all()).await.unwrap();
+    for n in 0..3u8 {
+        let message = tokio::time::timeout(WAIT, sub.recv())
+            .await
+            .expect("a raw message within the wait")
+            .expect("the subscription is open");
+        assert_eq!(message.subject, "tern.as.mqtt.app~2E1");
+        assert_eq!(message.header("Tern-Origin"), Some("as-a"));
+        assert_eq!(message.header("Other"), None);
+        assert_eq!(&message.payload[..], [n], "in publication order");
+    }
+    assert_quiet(&mut events, "raw messages on an event subscription").await;
+
+    // In-process, both calls say why they cannot work.
+    let local = EventBus::in_process(8);
+    assert_eq!(local.subject_prefix(), None);
+    let err = local
+        .publish_raw("as.mqtt.x", &[], Default::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("in-process"), "{err}");
+    let err = local
+        .subscribe_raw("as.mqtt.>")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("in-process"), "{err}");
+}

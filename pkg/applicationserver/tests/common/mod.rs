@@ -326,6 +326,21 @@ pub async fn start_full(
     js: Option<Arc<dyn tern_cluster::links::AsJs>>,
     configure: impl FnOnce(&mut AsConfig),
 ) -> Harness {
+    start_on(keys, js, EventBus::in_process(64), "as-test", configure).await
+}
+
+/// Like [`start`], on event bus `events` as AS instance `instance_id` (one of a cluster).
+pub async fn start_cluster(keys: Keys, events: EventBus, instance_id: &str) -> Harness {
+    start_on(keys, None, events, instance_id, |_| {}).await
+}
+
+async fn start_on(
+    keys: Keys,
+    js: Option<Arc<dyn tern_cluster::links::AsJs>>,
+    events: EventBus,
+    instance_id: &str,
+    configure: impl FnOnce(&mut AsConfig),
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&StoreConfig::default(), dir.path())
         .await
@@ -350,12 +365,12 @@ pub async fn start_full(
         ApplicationServer::with_deps(AsDeps {
             config,
             store,
-            events: EventBus::in_process(64),
+            events,
             auth,
             ns: ns.clone(),
             js,
             api_keys: keys,
-            instance_id: "as-test".into(),
+            instance_id: instance_id.into(),
         })
         .unwrap(),
     );
