@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test lint fmt tools bench bench-lorawan fuzz-smoke e2e build
+.PHONY: run test lint fmt tools bench bench-micro bench-lorawan fuzz-smoke e2e build
 
 ## Make sure protoc and other system tools are present (installed from Debian when missing).
 tools:
@@ -46,8 +46,17 @@ lint: tools
 fmt:
 	$(CARGO) fmt --all
 
-## All benchmarks.
+## End-to-end benchmark (bench/README.md): `tern start` driven over real UDP and MQTT;
+## prints the table and writes bench/results/<date>-<commit>.json and a plot.
+## Flags: make bench BENCH_FLAGS="--quick" (or --runs N, --profile, --devices N, --out DIR).
+BENCH_FLAGS ?= --runs 3
+BENCH_TARGET = $${CARGO_TARGET_DIR:-target}
 bench: tools
+	$(CARGO) build --release -p tern -p tern-bench
+	$(BENCH_TARGET)/release/tern-bench --tern $(BENCH_TARGET)/release/tern --out bench/results $(BENCH_FLAGS)
+
+## Criterion micro-benchmarks of every crate.
+bench-micro: tools
 	$(CARGO) bench --workspace
 
 ## Criterion benchmarks of decode, MIC and decrypt of a 20-byte uplink.
@@ -60,7 +69,10 @@ fuzz-smoke:
 	scripts/fuzz-smoke.sh $(FUZZ_SECONDS)
 
 ## End-to-end scenarios (e2e/): real `tern` processes driven by simulated gateways and
-## devices, checked through real clients (also part of `make test`).
+## devices, checked through real clients; the cluster scenario gets the throwaway
+## PostgreSQL (also part of `make test`).
 e2e: tools
 	$(CARGO) build -p tern -p ternctl
+	@url="$${TERN_TEST_POSTGRES_URL:-$$(scripts/test-postgres.sh start)}" && \
+	export TERN_TEST_POSTGRES_URL="$$url" && \
 	$(CARGO) test -p tern-e2e

@@ -14,7 +14,7 @@ use tern_cluster::auth::{
 };
 use tern_cluster::directory::{self, Peer, PeerDirectory, PeerRole};
 use tern_cluster::links::grpc::{DirectoryAsNs, DirectoryGsNs};
-use tern_cluster::links::{AsJs, AsNs, GsIs, GsNs, NsGs, NsJs};
+use tern_cluster::links::{AsJs, AsNs, DirectoryNsGs, GsIs, GsNs, NsGs, NsJs};
 use tern_cluster::role::{Readiness, Role, RoleService};
 use tern_events::EventBus;
 use tern_gatewayserver::{GatewayServer, GsDeps};
@@ -257,6 +257,16 @@ pub async fn assemble(
     };
     if let Some(ns) = &ns {
         let gs_link: Arc<dyn NsGs> = match &gs {
+            // With etcd every GS registers under the instance ID it names in its uplinks:
+            // each downlink goes to the GS its gateway is connected to. (A static directory
+            // names peers by address, which no GS reports, so it keeps one GS.)
+            _ if config.cluster.etcd.is_some() => {
+                let link = DirectoryNsGs::new(directory.clone(), credentials.clone());
+                Arc::new(match &gs {
+                    Some(gs) => link.with_local(instance_id.clone(), gs.ns_link()),
+                    None => link,
+                })
+            }
             Some(gs) => gs.ns_link(),
             None => Remote::new(
                 directory.clone(),

@@ -3,6 +3,8 @@
 //! owns some DevAddrs (and one OTAA join goes to each side of the hashing); a simulated UDP
 //! gateway talks to each Gateway Server. Every uplink reaches the application on MQTT (either
 //! process's AS, as each links its Network Server), and both Network Servers processed some.
+//! A device heard only by A's gateway whose join and DevAddr B owns gets its join-accept
+//! and the ACK of a confirmed uplink in RX1 through A's Gateway Server.
 //! Then one process stops (SIGTERM), etcd drops it, its gateway moves to the survivor, and
 //! every device's uplinks keep reaching the application through the survivor, whose cached
 //! copies of devices the other instance served are reloaded, so that replays stay rejected.
@@ -578,9 +580,8 @@ async fn two_network_servers_share_devices_and_the_survivor_takes_over() {
             });
         }
     }
-    // One OTAA device heard by B's gateway, whose join B's NS owns (a Network Server
-    // schedules through the Gateway Server of its own process); its DevAddr may then belong
-    // to either Network Server.
+    // One OTAA device heard by B's gateway, whose join B's NS owns; its DevAddr may then
+    // belong to either Network Server.
     let otaa_eui = (0x70B3_D57E_D05A_1000u64..)
         .map(|n| Eui64(n.to_be_bytes()))
         .find(|e| owner_of(&[b"dev-eui:".as_slice(), &e.0].concat()) == NODES[1])
@@ -628,6 +629,92 @@ async fn two_network_servers_share_devices_and_the_survivor_takes_over() {
         }
     }
     devs.push(otaa);
+
+    // A second OTAA device, heard only by A's gateway, whose DevEUI (so its join) B's
+    // Network Server owns: B sends the join-accept through A's Gateway Server, named in the
+    // uplink's rx metadata. It joins again until its DevAddr is B's too (one in two), so
+    // that B also answers its data uplinks through A.
+    let cross_eui = (0x70B3_D57E_D05A_2000u64..)
+        .map(|n| Eui64(n.to_be_bytes()))
+        .find(|e| owner_of(&[b"dev-eui:".as_slice(), &e.0].concat()) == NODES[1])
+        .unwrap();
+    register_otaa(&a, &admin, "otaa-cross", cross_eui).await;
+    let mut cross = Device::new(DeviceConfig::otaa(
+        cross_eui,
+        JOIN_EUI,
+        Version::V1_0,
+        Aes128Key(APP_KEY),
+    ));
+    let rx1 = |down: &tern_simulator::ReceivedDownlink, what: &str| {
+        // EU868 RX1 with offset 0: the uplink's channel and data rate (RX2 is 869.525 MHz).
+        assert!(
+            (down.txpk.freq - 868.1).abs() < 1e-6 && down.txpk.datr == "SF7BW125",
+            "{what} not in RX1: {:?}",
+            down.txpk
+        );
+    };
+    let mut joins = 0;
+    loop {
+        joins += 1;
+        assert!(joins <= 12, "no DevAddr owned by {} in 12 joins", NODES[1]);
+        let request = cross.join_request().unwrap();
+        gateways[0]
+            .send_uplink(&request, &RxInfo::eu868_default())
+            .await
+            .unwrap();
+        let down = gateways[0]
+            .next_downlink(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("no cross-process join-accept: {e}\n{}", logs(&[&a, &b])));
+        let dev_addr = cross
+            .accept_join(&down.payload)
+            .unwrap_or_else(|e| panic!("not our join-accept: {e}"))
+            .dev_addr;
+        rx1(&down, "the join-accept");
+        if owner_of(&[b"dev-addr:".as_slice(), &dev_addr.0].concat()) == NODES[1] {
+            break;
+        }
+    }
+    eprintln!(
+        "otaa-cross got a DevAddr of {} in {joins} join(s)",
+        NODES[1]
+    );
+    let f_cnt = cross.session().unwrap().f_cnt_up;
+    let frame = cross
+        .uplink(&Uplink {
+            f_port: Some(2),
+            payload: vec![0xC0, 0x55],
+            confirmed: true,
+            ..Default::default()
+        })
+        .unwrap();
+    gateways[0]
+        .send_uplink(&frame, &RxInfo::eu868_default())
+        .await
+        .unwrap();
+    let down = gateways[0]
+        .next_downlink(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "no cross-process class A downlink: {e}\n{}",
+                logs(&[&a, &b])
+            )
+        });
+    rx1(&down, "the ACK of the confirmed uplink");
+    assert!(cross.downlink(&down.payload).unwrap().ack);
+    wait_heard(
+        &heard,
+        &[("otaa-cross".to_owned(), f_cnt)],
+        &[&a, &b],
+        "cross-process device",
+    )
+    .await;
+    // B named A's Gateway Server for each (its own has no path to the gateway).
+    let named = b
+        .counter("tern_ns_downlink_routes", "route=\"one_gateway_server\"")
+        .await;
+    assert!(named >= 2.0, "downlinks routed by named GS on B: {named}");
 
     // Both members: three uplinks per device reach the application.
     let mut ups = Vec::new();

@@ -578,6 +578,8 @@ impl Shared {
             protocol: conn.protocol.as_str().to_owned(),
             remote_address: remote.to_string(),
             time: Some(Timestamp::now()),
+            // Where the Network Servers send class B/C downlinks for this gateway.
+            gateway_server_id: self.instance_id.clone(),
         };
         let definition = match state {
             State::Connected => &definitions::GS_GATEWAY_CONNECT,

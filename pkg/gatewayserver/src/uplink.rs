@@ -157,6 +157,8 @@ pub fn rxpk_to_uplink(rx: &Rxpk, ctx: &UplinkContext<'_>) -> Result<v3::UplinkMe
         fine_timestamp: rx.ftime.unwrap_or_default(),
         location: None,
         uplink_token: token.encode(),
+        // A Network Server in a cluster sends the downlink back through this instance.
+        gateway_server_id: ctx.instance_id.to_owned(),
     };
     Ok(build(ctx, raw, dr, rx.codr.as_deref(), frequency, md))
 }
@@ -209,6 +211,8 @@ pub fn station_uplink(
         fine_timestamp: up.fts.filter(|f| *f >= 0).map_or(0, |f| f as u64),
         location: None,
         uplink_token: token.encode(),
+        // A Network Server in a cluster sends the downlink back through this instance.
+        gateway_server_id: ctx.instance_id.to_owned(),
     };
     Ok(build(ctx, raw, dr, None, freq, md))
 }

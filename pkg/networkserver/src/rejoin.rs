@@ -457,6 +457,8 @@ impl Core {
             }),
             downlink_id: format!("{}/join/{:08x}", self.instance_id, self.random_u32()),
             end_device_ids: Some(ids.clone()),
+            // Set per Gateway Server by the link (see `gateways::GsRouter`).
+            gateway_server_id: String::new(),
         };
         self.schedule_accept(&ids, &cids, message, &ctx.msg.rx_metadata, "rejoin_accept")
             .await;

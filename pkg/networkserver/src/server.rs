@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use band::FrequencyPlan;
@@ -17,7 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use prost::Message;
 use tern_api::{Timestamp, v3};
-use tern_cluster::links::{LinkResult, NsGs, NsJs};
+use tern_cluster::links::{LinkResult, NsJs};
 use tern_events::{Event, EventBus, definitions as defs};
 use tern_store::{
     DownlinkQueueStore, Expect, NsDeviceRecord, NsDeviceStore, QueueOwner, Store, StoreError,
@@ -98,7 +98,8 @@ pub(crate) struct Core {
     pub store: Store,
     pub events: EventBus,
     pub js: Arc<dyn NsJs>,
-    pub gs: OnceLock<Arc<dyn NsGs>>,
+    /// The Gateway Server link, behind the router that picks a GS per path.
+    pub gs: gateways::GsSlot,
     pub links: LinkHub,
     pub devices: Devices,
     pub dedup: Dedup,
@@ -211,19 +212,20 @@ impl Core {
         let vault = KeyVault::new(config.keks().unwrap_or_default());
         let prefixes = config.prefixes();
         let mac = MacLayer::new(&config);
+        let gateways = gateways::Gateways::default();
         Self {
             config,
             store,
             events,
             js,
-            gs: OnceLock::new(),
+            gs: gateways::GsSlot::new(gateways.routes()),
             links,
             devices: Devices::new(),
             dedup: Dedup::new(),
             vault,
             metrics: Metrics::default(),
             mac,
-            gateways: gateways::Gateways::default(),
+            gateways,
             pending_tx: Mutex::default(),
             tx_tracked: tokio::sync::Notify::new(),
             prefixes,
@@ -1142,6 +1144,8 @@ impl Core {
             request: Some(request),
             downlink_id: downlink_id.clone(),
             end_device_ids: Some(ids.clone()),
+            // Set per Gateway Server by the link (see `gateways::GsRouter`).
+            gateway_server_id: String::new(),
         };
         match gs.schedule_downlink(message.clone()).await {
             Ok(v3::ScheduleDownlinkResponse {
@@ -1614,6 +1618,8 @@ impl Core {
             }),
             downlink_id: format!("{}/join/{:08x}", self.instance_id, self.random_u32()),
             end_device_ids: Some(ids.clone()),
+            // Set per Gateway Server by the link (see `gateways::GsRouter`).
+            gateway_server_id: String::new(),
         };
         self.schedule_accept(&ids, &cids, message, &ctx.msg.rx_metadata, "join_accept")
             .await;
@@ -1873,6 +1879,8 @@ pub(crate) struct GsEnd(pub Arc<Core>);
 #[async_trait::async_trait]
 impl tern_cluster::links::GsNs for GsEnd {
     async fn handle_uplink(&self, uplink: v3::UplinkMessage) -> LinkResult<()> {
+        // The GS of each copy: where class B/C downlinks for its gateway go.
+        self.0.gateways.heard(&uplink.rx_metadata);
         self.0.handle_uplink(uplink)
     }
 

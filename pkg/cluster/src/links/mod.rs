@@ -5,6 +5,10 @@
 //! - gRPC: [`grpc`]'s clients, which implement the same traits over a tonic channel that
 //!   carries the cluster key (or, for an external Application Server, an API key).
 //!
+//! In a cluster, routers pick the peer per call: [`grpc::DirectoryGsNs`] sends uplinks to
+//! the Network Server owning their shard, [`DirectoryNsGs`] sends downlinks to the Gateway
+//! Server their gateway is connected to.
+//!
 //! `tern start` picks one per link from the configuration and the started roles; the role
 //! code only ever sees the trait. Errors are [`tonic::Status`] in both cases, so a caller
 //! handles a refused call the same way wherever the other role runs.
@@ -14,6 +18,9 @@
 //! `auth.layer().layer(GsNsServer::new(grpc::GsNsService(ns)))`.
 
 pub mod grpc;
+mod ns_gs;
+
+pub use ns_gs::DirectoryNsGs;
 
 use std::pin::Pin;
 

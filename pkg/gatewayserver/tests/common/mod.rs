@@ -245,6 +245,7 @@ pub fn class_a(token: Vec<u8>, payload: &[u8], id: &str) -> v3::DownlinkMessage 
         }),
         downlink_id: id.into(),
         end_device_ids: None,
+        gateway_server_id: String::new(),
     }
 }
 
