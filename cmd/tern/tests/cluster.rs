@@ -201,30 +201,32 @@ impl Drop for Etcd {
 async fn external_as_finds_the_ns_through_etcd() {
     let etcd = Etcd::start();
     let endpoints = format!(r#"["{}"]"#, etcd.url);
-    let mut ns = Server::start(
-        "etcd-ns",
-        &["gs", "ns", "js"],
-        &[
-            ("TERN_CLUSTER__KEYS", KEY),
-            ("TERN_CLUSTER__ETCD__ENDPOINTS", &endpoints),
-            ("TERN_CLUSTER__INSTANCE_ID", "ns-1"),
-        ],
-    );
-    ns.wait_ready().await;
-    // The NS registers the address it listens on.
-    let ns_address = format!("http://{}", ns.grpc);
-    drop(ns);
-    let mut ns = Server::start(
-        "etcd-ns",
-        &["gs", "ns", "js"],
-        &[
-            ("TERN_CLUSTER__KEYS", KEY),
-            ("TERN_CLUSTER__ETCD__ENDPOINTS", &endpoints),
-            ("TERN_CLUSTER__INSTANCE_ID", "ns-1"),
-            ("TERN_CLUSTER__ADVERTISE_ADDRESS", &ns_address),
-            ("TERN_GRPC__LISTEN", &ns_address["http://".len()..]),
-        ],
-    );
+    // The NS registers the address it listens on: a free port chosen here, and another one
+    // when a test running in parallel takes it between the choice and the bind.
+    let mut attempts = 0;
+    let mut ns = loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let ns_address = format!("http://127.0.0.1:{port}");
+        match Server::try_start(
+            "etcd-ns",
+            &["gs", "ns", "js"],
+            &[
+                ("TERN_CLUSTER__KEYS", KEY),
+                ("TERN_CLUSTER__ETCD__ENDPOINTS", &endpoints),
+                ("TERN_CLUSTER__INSTANCE_ID", "ns-1"),
+                ("TERN_CLUSTER__ADVERTISE_ADDRESS", &ns_address),
+                ("TERN_GRPC__LISTEN", &ns_address["http://".len()..]),
+            ],
+        ) {
+            Ok(ns) => break ns,
+            Err(e) if e.contains("Address already in use") && attempts < 5 => attempts += 1,
+            Err(e) => panic!("{e}"),
+        }
+    };
     ns.wait_ready().await;
 
     let mut app_server = Server::start(
