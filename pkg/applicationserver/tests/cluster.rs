@@ -42,7 +42,11 @@ impl NatsServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        // Our own server's log, not only the port: another test's listener may have taken
+        // the port, and then this server exits instead.
+        while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Server is ready"))
+            || TcpStream::connect(("127.0.0.1", port)).is_err()
+        {
             if let Some(status) = child.try_wait().expect("nats-server status") {
                 panic!(
                     "nats-server on port {port} exited with {status}:\n{}",

@@ -50,7 +50,10 @@ impl NatsServer {
                     std::fs::read_to_string(&log).unwrap_or_default()
                 );
             }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            // Our own server's log, not only the port: another test's listener may have
+            // taken the port, and then this server exits instead.
+            let ready = std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Server is ready"));
+            if ready && TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 break;
             }
             assert!(
