@@ -103,16 +103,25 @@ impl Server {
     /// Starts `tern start <roles>` on ports the kernel picks (`127.0.0.1:0`), with its own data
     /// directory, and waits for its "tern started" log line to learn the ports.
     pub fn start(name: &str, roles: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::try_start(name, roles, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Server::start`], but an early exit is an error with its stderr (e.g. a port
+    /// taken by a test running in parallel), for the caller to retry.
+    pub fn try_start(name: &str, roles: &[&str], env: &[(&str, &str)]) -> Result<Self, String> {
         let mut server = Self::spawn(name, roles, env);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some((http, grpc)) = server.log().lines().find_map(started_addrs) {
                 server.http = http;
                 server.grpc = grpc;
-                return server;
+                return Ok(server);
             }
             if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("tern exited early with {status}: {}", server.stderr());
+                return Err(format!(
+                    "tern exited early with {status}: {}",
+                    server.stderr()
+                ));
             }
             assert!(
                 Instant::now() < deadline,
