@@ -5,10 +5,10 @@
 mod common;
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Server, get, run, temp_dir};
+use tern_e2e::services::Etcd;
 
 const KEY: &str = r#"["cluster-key-for-tests-0001"]"#;
 
@@ -134,67 +134,6 @@ async fn wrong_or_missing_credentials_are_refused_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("set cluster.keys"), "{stderr}");
-}
-
-/// A real etcd on free loopback ports, killed on drop.
-struct Etcd {
-    child: Child,
-    url: String,
-}
-
-impl Etcd {
-    fn start() -> Self {
-        let port = |_| {
-            TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
-        let (client, peer) = (port(0), port(1));
-        let binary = std::env::var("TERN_TEST_ETCD").unwrap_or_else(|_| "/usr/bin/etcd".into());
-        assert!(
-            std::path::Path::new(&binary).exists(),
-            "etcd not found at {binary}: install Debian's etcd-server package"
-        );
-        let dir = temp_dir("etcd");
-        let url = format!("http://127.0.0.1:{client}");
-        let child = Command::new(binary)
-            .arg("--data-dir")
-            .arg(dir.join("etcd"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args([
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-            ])
-            .args([
-                "--initial-cluster",
-                &format!("default=http://127.0.0.1:{peer}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, url }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -26,6 +26,7 @@ use tern_api::FieldMask;
 use tern_api::v3;
 use tern_cluster::auth::CallCredentials;
 use tern_cluster::shard;
+use tern_e2e::services::{Etcd, free_port, free_udp_port};
 use tern_simulator::{
     Device, DeviceConfig, Keys, RxInfo, UdpGateway, UdpGatewayConfig, Uplink, Version,
 };
@@ -41,71 +42,6 @@ const GATEWAYS: [[u8; 8]; 2] = [
     [0xB8, 0x27, 0xEB, 0xFF, 0xFE, 0x00, 0x5A, 0x01],
     [0xB8, 0x27, 0xEB, 0xFF, 0xFE, 0x00, 0x5A, 0x02],
 ];
-
-fn free_tcp() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A real etcd on free loopback ports, killed on drop.
-struct Etcd {
-    child: Child,
-    url: String,
-}
-
-impl Etcd {
-    fn start() -> Self {
-        let (client, peer) = (free_tcp(), free_tcp());
-        let binary = std::env::var("TERN_TEST_ETCD").unwrap_or_else(|_| "/usr/bin/etcd".into());
-        assert!(
-            Path::new(&binary).exists(),
-            "etcd not found at {binary}: install Debian's etcd-server package"
-        );
-        let dir = temp_dir("sharding-etcd");
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new(binary)
-            .arg("--data-dir")
-            .arg(dir.join("etcd"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("default={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, url }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The configuration both processes share; ports and instance IDs come from the environment.
 fn shared_config(dir: &Path, pg: &str, schema: &str, etcd: &str) -> String {
@@ -161,7 +97,7 @@ struct Node {
 
 impl Node {
     async fn start(id: &str, config: &str) -> Self {
-        let (grpc, udp, mqtt) = (free_tcp(), free_udp(), free_tcp());
+        let (grpc, udp, mqtt) = (free_port(), free_udp_port(), free_port());
         let listen = |p: u16| format!("127.0.0.1:{p}");
         let mut server = Server::start(
             id,
