@@ -438,51 +438,15 @@ impl Core {
         let rx1_dr = params
             .rx1_data_rate(up_dr, rx1_offset_now, plan.downlink_dwell_time)
             .unwrap_or(up_dr);
-        let message = v3::DownlinkMessage {
-            raw_payload: response.raw_payload.clone(),
-            correlation_ids: cids.clone(),
-            request: Some(v3::TxRequest {
-                class: v3::DeviceClass::ClassA as i32,
-                downlink_paths: self.gateways.class_a_paths(&ctx.msg.rx_metadata),
-                rx1_delay: u32::from(rx1_delay),
-                rx1_data_rate: params.data_rate(rx1_dr).map(Into::into),
-                rx1_frequency: u64::from(
-                    params.rx1_frequency(ctx.frequency).unwrap_or(ctx.frequency),
-                ),
-                rx2_data_rate: params.data_rate(rx2_dr_now).map(Into::into),
-                rx2_frequency: u64::from(rx2_freq),
-                priority: v3::TxSchedulePriority::Highest as i32,
-                frequency_plan_id: plan.id.to_owned(),
-                ..Default::default()
-            }),
-            downlink_id: format!("{}/join/{:08x}", self.instance_id, self.random_u32()),
-            end_device_ids: Some(ids.clone()),
-            // Set per Gateway Server by the link (see `gateways::GsRouter`).
-            gateway_server_id: String::new(),
+        let windows = AcceptWindows {
+            rx1_delay: u32::from(rx1_delay),
+            rx1_dr,
+            rx2_dr: rx2_dr_now,
+            rx2_frequency: rx2_freq,
         };
-        self.schedule_accept(&ids, &cids, message, &ctx.msg.rx_metadata, "rejoin_accept")
+        let accept = Accept::new(&response, dev_addr, app_s_key);
+        self.answer_join(&ctx, &ids, &cids, plan, windows, accept, "rejoin_accept")
             .await;
-        let session_key_id = response
-            .session_keys
-            .as_ref()
-            .map(|k| k.session_key_id.clone())
-            .unwrap_or_default();
-        let accepted_ids = v3::EndDeviceIdentifiers {
-            dev_addr: dev_addr.to_be_bytes().to_vec(),
-            ..ids.clone()
-        };
-        self.deliver(
-            &accepted_ids,
-            &cids,
-            v3::application_up::Up::JoinAccept(v3::ApplicationJoinAccept {
-                session_key_id,
-                app_s_key,
-                invalidated_downlinks: Vec::new(),
-                pending_session: true,
-                received_at: Some(ctx.received_at.into()),
-            }),
-        )
-        .await;
     }
 
     /// Hands a join- or rejoin-accept (`kind`, the metric's outcome) to the GS; events and

@@ -118,6 +118,41 @@ pub(crate) struct Core {
 }
 
 /// Everything an uplink carries besides its frame.
+/// The class A windows a (re)join-accept is sent in.
+struct AcceptWindows {
+    rx1_delay: u32,
+    rx1_dr: u8,
+    rx2_dr: u8,
+    rx2_frequency: u32,
+}
+
+/// A (re)join-accept from the Join Server and the session it starts.
+struct Accept {
+    raw_payload: Vec<u8>,
+    dev_addr: DevAddr,
+    session_key_id: Vec<u8>,
+    app_s_key: Option<v3::KeyEnvelope>,
+}
+
+impl Accept {
+    fn new(
+        response: &v3::JoinResponse,
+        dev_addr: DevAddr,
+        app_s_key: Option<v3::KeyEnvelope>,
+    ) -> Self {
+        Self {
+            raw_payload: response.raw_payload.clone(),
+            dev_addr,
+            session_key_id: response
+                .session_keys
+                .as_ref()
+                .map(|k| k.session_key_id.clone())
+                .unwrap_or_default(),
+            app_s_key,
+        }
+    }
+}
+
 struct UplinkCtx {
     msg: v3::UplinkMessage,
     frequency: u32,
@@ -1599,19 +1634,44 @@ impl Core {
         let rx1_dr = params
             .rx1_data_rate(up_dr, 0, plan.downlink_dwell_time)
             .unwrap_or(up_dr);
+        let windows = AcceptWindows {
+            rx1_delay: band::JOIN_ACCEPT_DELAY1.as_secs() as u32,
+            rx1_dr,
+            rx2_dr: rx2.dr,
+            rx2_frequency: rx2.frequency,
+        };
+        let accept = Accept::new(&response, dev_addr, app_s_key);
+        self.answer_join(&ctx, &ids, &cids, plan, windows, accept, "join_accept")
+            .await;
+    }
+
+    /// Schedules a (re)join-accept (`kind`: the metric's outcome) in `windows` after the
+    /// request of `ctx`, through the best gateways, and tells the AS about the new session.
+    #[allow(clippy::too_many_arguments)]
+    async fn answer_join(
+        &self,
+        ctx: &UplinkCtx,
+        ids: &v3::EndDeviceIdentifiers,
+        cids: &[String],
+        plan: &FrequencyPlan,
+        windows: AcceptWindows,
+        accept: Accept,
+        kind: &'static str,
+    ) {
+        let params = plan.params();
         let message = v3::DownlinkMessage {
-            raw_payload: response.raw_payload.clone(),
-            correlation_ids: cids.clone(),
+            raw_payload: accept.raw_payload,
+            correlation_ids: cids.to_vec(),
             request: Some(v3::TxRequest {
                 class: v3::DeviceClass::ClassA as i32,
                 downlink_paths: self.gateways.class_a_paths(&ctx.msg.rx_metadata),
-                rx1_delay: band::JOIN_ACCEPT_DELAY1.as_secs() as u32,
-                rx1_data_rate: params.data_rate(rx1_dr).map(Into::into),
+                rx1_delay: windows.rx1_delay,
+                rx1_data_rate: params.data_rate(windows.rx1_dr).map(Into::into),
                 rx1_frequency: u64::from(
                     params.rx1_frequency(ctx.frequency).unwrap_or(ctx.frequency),
                 ),
-                rx2_data_rate: params.data_rate(rx2.dr).map(Into::into),
-                rx2_frequency: u64::from(rx2.frequency),
+                rx2_data_rate: params.data_rate(windows.rx2_dr).map(Into::into),
+                rx2_frequency: u64::from(windows.rx2_frequency),
                 priority: v3::TxSchedulePriority::Highest as i32,
                 frequency_plan_id: plan.id.to_owned(),
                 ..Default::default()
@@ -1621,24 +1681,19 @@ impl Core {
             // Set per Gateway Server by the link (see `gateways::GsRouter`).
             gateway_server_id: String::new(),
         };
-        self.schedule_accept(&ids, &cids, message, &ctx.msg.rx_metadata, "join_accept")
+        self.schedule_accept(ids, cids, message, &ctx.msg.rx_metadata, kind)
             .await;
-        let session_key_id = response
-            .session_keys
-            .as_ref()
-            .map(|k| k.session_key_id.clone())
-            .unwrap_or_default();
         // The AS keys the new session by this DevAddr, not the registry's (empty) one.
         let accepted_ids = v3::EndDeviceIdentifiers {
-            dev_addr: dev_addr.to_be_bytes().to_vec(),
+            dev_addr: accept.dev_addr.to_be_bytes().to_vec(),
             ..ids.clone()
         };
         self.deliver(
             &accepted_ids,
-            &cids,
+            cids,
             v3::application_up::Up::JoinAccept(v3::ApplicationJoinAccept {
-                session_key_id,
-                app_s_key,
+                session_key_id: accept.session_key_id,
+                app_s_key: accept.app_s_key,
                 invalidated_downlinks: Vec::new(),
                 pending_session: true,
                 received_at: Some(ctx.received_at.into()),
