@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,45 +14,14 @@ use lorawan::{
 };
 use prost::Message;
 use tern_api::v3;
-use tern_cluster::auth::{Authenticator, ClusterKeys};
-use tern_events::EventBus;
-use tern_joinserver::{JoinServer, JsConfig, JsDeps, KeySource};
-use tern_networkserver::NsConfig;
-use tern_store::{Store, StoreConfig};
+use tern_joinserver::JoinServer;
 
 const APP_KEY: Aes128Key = Aes128Key([
     0x2b, 0x7e, 0x15, 0x16, 0x28, 0xae, 0xd2, 0xa6, 0xab, 0xf7, 0x15, 0x88, 0x09, 0xcf, 0x4f, 0x3c,
 ]);
 const NWK_KEY: Aes128Key = Aes128Key([0x44; 16]);
-const NS_KEK: &str = "000102030405060708090a0b0c0d0e0f";
-const AS_KEK: &str = "f0e0d0c0b0a090807060504030201000";
 const JOIN_EUI: Eui64 = Eui64([0x70, 0xb3, 0xd5, 0x7e, 0xd0, 0, 0, 0]);
 const WAIT: Duration = Duration::from_secs(3);
-
-async fn join_server(dir: &Path) -> JoinServer {
-    let store = Store::open(&StoreConfig::default(), dir).await.unwrap();
-    let mut keks = BTreeMap::new();
-    keks.insert("ns:local".to_owned(), KeySource::Hex(NS_KEK.into()));
-    keks.insert("as:local".to_owned(), KeySource::Hex(AS_KEK.into()));
-    JoinServer::new(JsDeps {
-        config: JsConfig {
-            root_key_kek: Some("a0a1a2a3a4a5a6a7a8a9aaabacadaeaf".into()),
-            keks,
-            ..JsConfig::default()
-        },
-        store,
-        events: EventBus::in_process(64),
-        auth: Authenticator::new(ClusterKeys::new(&["cluster-key-0123456789"]).unwrap()),
-    })
-    .unwrap()
-}
-
-fn ns_config() -> NsConfig {
-    let mut c = config();
-    c.key_encryption_keys
-        .insert("ns:local".into(), NS_KEK.into());
-    c
-}
 
 async fn register(
     js: &JoinServer,

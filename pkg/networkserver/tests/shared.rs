@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -14,46 +12,15 @@ use lorawan::crypto;
 use lorawan::phy::{FCtrl, JoinRequest, Mhdr, Payload};
 use lorawan::{Aes128Key, DevAddr, DevNonce, Eui64, MType, PhyPayload};
 use tern_api::v3;
-use tern_cluster::auth::{Authenticator, ClusterKeys};
-use tern_events::{EventBus, Subscription};
-use tern_joinserver::{JoinServer, JsConfig, JsDeps, KeySource};
-use tern_networkserver::NsConfig;
+use tern_events::Subscription;
 use tern_networkserver::devices::RecentSet;
-use tern_store::{Store, StoreConfig};
 
 // Test keys of this file only (no published vector is needed: both ends are computed here).
 const APP_KEY: Aes128Key = Aes128Key([0x5a; 16]);
 const NWK: Aes128Key = Aes128Key([0x21; 16]);
 const APP_S: Aes128Key = Aes128Key([0x12; 16]);
-const NS_KEK: &str = "000102030405060708090a0b0c0d0e0f";
-const AS_KEK: &str = "f0e0d0c0b0a090807060504030201000";
 const JOIN_EUI: Eui64 = Eui64([0x70, 0xb3, 0xd5, 0x7e, 0xd0, 0, 0, 1]);
 const WAIT: Duration = Duration::from_secs(3);
-
-async fn join_server(dir: &Path) -> JoinServer {
-    let store = Store::open(&StoreConfig::default(), dir).await.unwrap();
-    let mut keks = BTreeMap::new();
-    keks.insert("ns:local".to_owned(), KeySource::Hex(NS_KEK.into()));
-    keks.insert("as:local".to_owned(), KeySource::Hex(AS_KEK.into()));
-    JoinServer::new(JsDeps {
-        config: JsConfig {
-            root_key_kek: Some("a0a1a2a3a4a5a6a7a8a9aaabacadaeaf".into()),
-            keks,
-            ..JsConfig::default()
-        },
-        store,
-        events: EventBus::in_process(64),
-        auth: Authenticator::new(ClusterKeys::new(&["cluster-key-0123456789"]).unwrap()),
-    })
-    .unwrap()
-}
-
-fn ns_config() -> NsConfig {
-    let mut c = config();
-    c.key_encryption_keys
-        .insert("ns:local".into(), NS_KEK.into());
-    c
-}
 
 fn join_request(dev_eui: Eui64, dev_nonce: u16) -> Vec<u8> {
     let mut phy = PhyPayload {

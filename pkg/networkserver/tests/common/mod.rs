@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +17,7 @@ use tern_api::v3;
 use tern_cluster::auth::{Authenticator, Caller, ClusterKeys};
 use tern_cluster::links::{BoxStream, LinkResult, NsGs, NsJs};
 use tern_events::{EventBus, Filter, Subscription};
+use tern_joinserver::{JoinServer, JsConfig, JsDeps, KeySource};
 use tern_networkserver::{NetworkServer, NsConfig, NsDeps};
 use tern_store::{Store, StoreConfig};
 use tokio::sync::mpsc;
@@ -369,5 +371,38 @@ pub fn copy_sf(raw: &[u8], gateway: &str, snr: f32, sf: u8) -> v3::UplinkMessage
     if let Some(s) = c.settings.as_mut() {
         s.data_rate = Some(band::DataRate::lora(sf, 125_000).into());
     }
+    c
+}
+
+/// The KEK the Join Server wraps network session keys under (`ns:local`).
+pub const NS_KEK: &str = "000102030405060708090a0b0c0d0e0f";
+/// The KEK the Join Server wraps AppSKeys under (`as:local`).
+pub const AS_KEK: &str = "f0e0d0c0b0a090807060504030201000";
+
+/// The real Join Server on the embedded store in `dir`, wrapping session keys for the NS
+/// (`ns:local`) and the AS (`as:local`).
+pub async fn join_server(dir: &Path) -> JoinServer {
+    let store = Store::open(&StoreConfig::default(), dir).await.unwrap();
+    let mut keks = BTreeMap::new();
+    keks.insert("ns:local".to_owned(), KeySource::Hex(NS_KEK.into()));
+    keks.insert("as:local".to_owned(), KeySource::Hex(AS_KEK.into()));
+    JoinServer::new(JsDeps {
+        config: JsConfig {
+            root_key_kek: Some("a0a1a2a3a4a5a6a7a8a9aaabacadaeaf".into()),
+            keks,
+            ..JsConfig::default()
+        },
+        store,
+        events: EventBus::in_process(64),
+        auth: Authenticator::new(ClusterKeys::new(&["cluster-key-0123456789"]).unwrap()),
+    })
+    .unwrap()
+}
+
+/// The test configuration with the KEK the Join Server wraps network keys under.
+pub fn ns_config() -> NsConfig {
+    let mut c = config();
+    c.key_encryption_keys
+        .insert("ns:local".into(), NS_KEK.into());
     c
 }
