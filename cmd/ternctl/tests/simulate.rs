@@ -4,166 +4,22 @@
 //! the state file with a confirmed uplink, acknowledged in RX1/RX2, then once more through
 //! a Basics Station; a wrong AppKey gets no join-accept (exit 1); usage errors exit 2.
 //!
-//! The server binary is the `tern` next to `ternctl` (`cargo build -p tern` with the same
-//! CARGO_TARGET_DIR, or `cargo test --workspace`).
+//! The server is started by the end-to-end suite's harness (`tern_e2e`), from the `tern` next
+//! to `ternctl` (`cargo build -p tern` with the same CARGO_TARGET_DIR, or
+//! `cargo test --workspace`).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tern_e2e::Server;
+use tern_e2e::flow::{bootstrap_value, logged_addr};
 
 const APP_KEY: &str = "2B7E151628AED2A6ABF7158809CF4F3C";
 const GATEWAY: &str = "0102030405060708";
 const STATION: &str = "0102030405060709";
 const DEV_EUI: &str = "70B3D57ED0000201";
-
-/// A running `tern start`, killed when dropped.
-struct Tern {
-    child: Child,
-    grpc: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Tern {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Tern {
-    fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// The value of `key=` on the first log line containing `message` (text or JSON logs).
-    fn logged(&self, message: &str, key: &str) -> Option<String> {
-        let log = self.log();
-        let line = log.lines().find(|l| l.contains(message))?;
-        if let Ok(json) = serde_json::from_str::<Value>(line) {
-            return json["fields"][key].as_str().map(str::to_owned);
-        }
-        let prefix = format!("{key}=");
-        line.split_whitespace()
-            .find_map(|t| t.strip_prefix(prefix.as_str()))
-            .map(|s| s.trim_matches('"').to_owned())
-    }
-
-    fn wait_logged(&self, message: &str, key: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(v) = self.logged(message, key) {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {message:?} in the log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-fn tern_binary() -> PathBuf {
-    let tern = Path::new(env!("CARGO_BIN_EXE_ternctl")).with_file_name("tern");
-    assert!(
-        tern.exists(),
-        "{} does not exist: build the server first with `cargo build -p tern` (with the same \
-         CARGO_TARGET_DIR), or run `cargo test --workspace`",
-        tern.display()
-    );
-    tern
-}
-
-/// `tern start` with every role, loopback listeners on free ports, an embedded store.
-fn start_tern(dir: &Path) -> Tern {
-    let config = dir.join("tern.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data-dir = {:?}\n\
-             [http]\nlisten = \"127.0.0.1:0\"\n\
-             [grpc]\nlisten = \"127.0.0.1:0\"\n\
-             [identity-server]\nhash-memory-kib = 1024\nhash-iterations = 1\n\
-             [gateway-server.udp]\nlisten = \"127.0.0.1:0\"\n\
-             [gateway-server.basic-station]\nlisten = \"127.0.0.1:0\"\n\
-             [application-server.mqtt]\nlisten = \"127.0.0.1:0\"\n",
-            dir.join("data").display().to_string()
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(tern_binary());
-    cmd.current_dir(dir)
-        .arg("start")
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        if k.starts_with("TERN_") || k == "RUST_LOG" {
-            cmd.env_remove(&key);
-        }
-    }
-    let mut child = cmd.spawn().expect("spawn tern");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn({
-        let log = log.clone();
-        move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                log.lock().unwrap().push(line);
-            }
-        }
-    });
-    let mut tern = Tern {
-        child,
-        grpc: String::new(),
-        log,
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(grpc) = tern.logged("tern started", "grpc") {
-            tern.grpc = grpc;
-            break;
-        }
-        if let Some(status) = tern.child.try_wait().unwrap() {
-            panic!("tern exited early with {status}:\n{}", tern.log());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "tern did not start:\n{}",
-            tern.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    tern
-}
-
-/// The admin API key from `<data-dir>/bootstrap.txt`.
-fn admin_key(dir: &Path) -> String {
-    let path = dir.join("data").join("bootstrap.txt");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&path)
-            && text.contains("api-key =")
-        {
-            let doc: toml::Table = toml::from_str(&text).expect("bootstrap.txt is TOML");
-            return doc["api-key"].as_str().unwrap().to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} was not written",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 struct Cli {
     home: PathBuf,
@@ -210,7 +66,7 @@ fn text(out: &Output) -> String {
 }
 
 /// Waits until the Network Server's session of the device has `last_f_cnt_up == f_cnt`.
-fn wait_f_cnt(cli: &Cli, tern: &Tern, f_cnt: u64) -> Value {
+fn wait_f_cnt(cli: &Cli, tern: &Server, f_cnt: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let dev = cli.json(&["end-devices", "get", "app-sim", "dev-sim"]);
@@ -229,13 +85,20 @@ fn wait_f_cnt(cli: &Cli, tern: &Tern, f_cnt: u64) -> Value {
 #[test]
 fn simulate_joins_and_sends_uplinks_to_a_real_tern() {
     let dir = tempfile::tempdir().unwrap();
-    let tern = start_tern(dir.path());
-    let udp_bound = tern.wait_logged("gateway listeners bound", "udp");
+    // Every role; password hashing kept cheap, as a test needs no brute-force resistance.
+    let tern = Server::start(
+        "ternctl-simulate",
+        &[],
+        &[
+            ("TERN_IDENTITY_SERVER__HASH_MEMORY_KIB", "1024"),
+            ("TERN_IDENTITY_SERVER__HASH_ITERATIONS", "1"),
+        ],
+    );
     let udp = format!(
         "127.0.0.1:{}",
-        udp_bound.rsplit(':').next().expect("host:port")
+        logged_addr(&tern, "gateway listeners bound", "udp").port()
     );
-    let key = admin_key(dir.path());
+    let key = bootstrap_value(&tern, "api-key");
     let cli = Cli {
         home: dir.path().join("home"),
     };
@@ -384,10 +247,7 @@ fn simulate_joins_and_sends_uplinks_to_a_real_tern() {
     // The same session through a Basics Station gateway.
     let station = format!(
         "ws://127.0.0.1:{}",
-        tern.wait_logged("gateway listeners bound", "basic_station")
-            .rsplit(':')
-            .next()
-            .expect("host:port")
+        logged_addr(&tern, "gateway listeners bound", "basic_station").port()
     );
     cli.ok(&[
         "gateways",
