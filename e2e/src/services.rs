@@ -43,9 +43,10 @@ fn find_binary(var: &str, candidates: &[&str], package: &str) -> PathBuf {
         })
 }
 
-/// Waits until 127.0.0.1:`port` accepts TCP connections; panics with `log` if `child` exits
-/// or 15 s pass.
-fn wait_listening(child: &mut Child, name: &str, port: u16, log: &Path) {
+/// Waits until 127.0.0.1:`port` accepts TCP connections and, when `ready` is given, `log`
+/// holds that line (so the listener is this child's, not another test's that took the port);
+/// panics with `log` if `child` exits or 15 s pass.
+fn wait_listening(child: &mut Child, name: &str, port: u16, log: &Path, ready: Option<&str>) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Some(status) = child.try_wait().expect("child status") {
@@ -54,7 +55,9 @@ fn wait_listening(child: &mut Child, name: &str, port: u16, log: &Path) {
                 std::fs::read_to_string(log).unwrap_or_default()
             );
         }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        let own = ready
+            .is_none_or(|line| std::fs::read_to_string(log).is_ok_and(|text| text.contains(line)));
+        if own && TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return;
         }
         assert!(
@@ -101,7 +104,7 @@ impl Etcd {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawning etcd");
-        wait_listening(&mut child, "etcd", client, &log);
+        wait_listening(&mut child, "etcd", client, &log, None);
         Self { child, dir, url }
     }
 }
@@ -142,7 +145,13 @@ impl Nats {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawning nats-server");
-        wait_listening(&mut child, "nats-server", port, &log);
+        wait_listening(
+            &mut child,
+            "nats-server",
+            port,
+            &log,
+            Some("Server is ready"),
+        );
         Self {
             child,
             dir,

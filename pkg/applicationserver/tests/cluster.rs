@@ -5,89 +5,15 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use common::*;
 use tern_applicationserver::{AppMessage, Sink, TopicKind};
+use tern_e2e::services::Nats;
 use tern_events::{EventBus, EventsConfig, NatsConfig};
-
-/// A `nats-server` on a free loopback port; killed on drop.
-struct NatsServer {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl NatsServer {
-    fn start() -> Self {
-        let binary = nats_server_binary();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let log = dir.path().join("nats.log");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let mut child = Command::new(&binary)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .arg("-l")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        // Our own server's log, not only the port: another test's listener may have taken
-        // the port, and then this server exits instead.
-        while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Server is ready"))
-            || TcpStream::connect(("127.0.0.1", port)).is_err()
-        {
-            if let Some(status) = child.try_wait().expect("nats-server status") {
-                panic!(
-                    "nats-server on port {port} exited with {status}:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not listen on 127.0.0.1:{port} within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nats_server_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("TERN_NATS_SERVER") {
-        return path.into();
-    }
-    for candidate in ["/usr/sbin/nats-server", "/usr/bin/nats-server"] {
-        if Path::new(candidate).exists() {
-            return candidate.into();
-        }
-    }
-    panic!(
-        "nats-server not found at /usr/sbin/nats-server: this test needs Debian's \
-         nats-server package, or TERN_NATS_SERVER set to the binary"
-    );
-}
 
 /// A durable sink like the integrations: records the topics it was handed.
 #[derive(Default)]
@@ -184,7 +110,7 @@ async fn nats_bus(url: &str) -> EventBus {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_client_sees_every_message_once_on_any_as() {
-    let nats = NatsServer::start();
+    let nats = Nats::start();
     let h1 = start_cluster(keys(), nats_bus(&nats.url).await, "as-1").await;
     let h2 = start_cluster(keys(), nats_bus(&nats.url).await, "as-2").await;
     let sinks = [Arc::new(Recorder::default()), Arc::new(Recorder::default())];
@@ -282,7 +208,7 @@ async fn an_in_process_bus_relays_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_relayed_messages_are_counted_and_dropped() {
-    let nats = NatsServer::start();
+    let nats = Nats::start();
     let h = start_cluster(keys(), nats_bus(&nats.url).await, "as-1").await;
     let client = sub(h.asrv.mqtt_addrs()[0].port(), "app-1", "read-1", 1);
     wait_subscriptions(&h, 1).await;
