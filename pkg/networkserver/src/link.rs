@@ -20,14 +20,19 @@
 //! (re)link, or after an NS restart on the same store, everything unacknowledged is sent
 //! again; the AS drops what it already processed by (`ns_instance_id`, sequence).
 //!
-//! What a crash can lose: only messages handed to [`LinkHub::deliver`] whose outbox commit
-//! had not completed (at most one group commit's worth, a few milliseconds; [`LinkHub::flush`]
-//! waits for them at shutdown). Nothing committed is deleted unless the AS acknowledged it
+//! An accepted uplink is not handed over but staged ([`LinkHub::stage`]): its outbox record
+//! is committed in the same batch as the device's new FCnt, so a crash keeps both or neither.
+//! Numbers are handed out before commits finish, which may finish out of order: a message
+//! is sent only once every lower number of its application is committed or given up.
+//!
+//! What a crash can lose: only messages handed to [`LinkHub::deliver`] (downlink events,
+//! join-accepts) whose outbox commit had not completed (at most one group commit's worth, a
+//! few milliseconds; [`LinkHub::flush`] waits for them at shutdown). Nothing committed is deleted unless the AS acknowledged it
 //! or the outbox overflowed (`network-server.link.outbox-limit`), which drops the oldest
 //! with an `ns.link.drop` event and `tern_ns_link_dropped_total{reason="outbox_full"}`.
 //! In-process, frames go through channels as prost structs; only the outbox copy is encoded.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -178,11 +183,19 @@ pub struct LinkHub {
     unattached_sequences: Arc<Mutex<HashMap<String, u64>>>,
 }
 
+type Frame = v3::SequencedApplicationUp;
+
 /// One application's part of the outbox.
 #[derive(Default)]
 struct AppOutbox {
-    /// Last committed sequence.
+    /// Last sendable sequence: committed, and so is (or was given up) every lower one.
     last: u64,
+    /// Last sequence handed out (`>= last`).
+    next: u64,
+    /// Sequences handed out above `last` and not yet released: `None` while their commit
+    /// runs, the frame once committed (it waits for the lower ones, so that an AS's
+    /// cumulative acknowledgement never covers a message it has not been sent).
+    inflight: BTreeMap<u64, Option<Arc<Frame>>>,
     /// Last acknowledged sequence.
     acked: u64,
     /// Lowest sequence that may still be stored; the stored ones are `oldest..=last`
@@ -195,6 +208,37 @@ struct AppOutbox {
 impl AppOutbox {
     fn kept(&self) -> u64 {
         (self.last + 1).saturating_sub(self.oldest.max(self.acked + 1))
+    }
+
+    /// Settles a sequence handed out by [`Outbox::reserve`]: committed (with its frame) or
+    /// given up (`None`, a gap). Then releases, in order, every committed frame no lower
+    /// unsettled sequence holds back.
+    fn settle(&mut self, sequence: u64, frame: Option<Arc<Frame>>, linked: bool) {
+        match frame {
+            Some(f) => {
+                self.inflight.insert(sequence, Some(f));
+            }
+            None => {
+                self.inflight.remove(&sequence);
+            }
+        }
+        while let Some(entry) = self.inflight.first_entry() {
+            let Some(frame) = entry.get().clone() else {
+                self.last = self.last.max(entry.key() - 1);
+                return;
+            };
+            entry.remove();
+            self.last = frame.sequence;
+            if linked {
+                self.recent.push_back(frame);
+                if self.recent.len() > RECENT {
+                    self.recent.pop_front();
+                }
+            } else {
+                self.recent.clear();
+            }
+        }
+        self.last = self.next;
     }
 
     /// Forgets everything up to `sequence` (acknowledged or dropped).
@@ -292,6 +336,7 @@ impl Outbox {
         }
         for a in apps.values_mut() {
             a.oldest = a.oldest.max(1);
+            a.next = a.last;
         }
         let (input, rx) = mpsc::channel(WRITE_QUEUE);
         let outbox = Arc::new(Self {
@@ -343,50 +388,78 @@ impl Outbox {
         }
     }
 
+    /// Hands out the next sequence number of an application. It must be settled
+    /// ([`Outbox::settled`]) before any later message of the application can be sent.
+    fn reserve(&self, application_id: &str) -> u64 {
+        let mut apps = self.apps.lock().expect("outbox lock");
+        let a = match apps.get_mut(application_id) {
+            Some(a) => a,
+            None => apps.entry(application_id.to_owned()).or_default(),
+        };
+        a.next = a.next.max(a.last) + 1;
+        a.inflight.insert(a.next, None);
+        a.next
+    }
+
+    /// The frame that carries `up` as `sequence`.
+    fn frame(&self, sequence: u64, up: v3::ApplicationUp) -> Arc<Frame> {
+        Arc::new(Frame {
+            sequence,
+            up: Some(up),
+            ns_instance_id: self.stream_id.clone(),
+        })
+    }
+
+    /// Adds the outbox record of `frame` to `batch`.
+    fn put(&self, batch: &mut Batch, application_id: &str, frame: &Frame) {
+        batch.put(
+            &LINK_BACKLOG,
+            self.key(application_id, frame.sequence),
+            frame.encode_to_vec(),
+            Expect::Any,
+            Vec::new(),
+        );
+    }
+
     /// Numbers, commits and publishes one batch of messages (the writer task only).
     async fn write(&self, inputs: Vec<Input>) {
         let mut flushes = Vec::new();
-        let mut frames: Vec<(String, Arc<v3::SequencedApplicationUp>)> = Vec::new();
-        {
-            let apps = self.apps.lock().expect("outbox lock");
-            let mut next: HashMap<String, u64> = HashMap::new();
-            for input in inputs {
-                match input {
-                    Input::Flush(done) => flushes.push(done),
-                    Input::Message(app, up) => {
-                        let n = next
-                            .entry(app.clone())
-                            .or_insert_with(|| apps.get(&app).map_or(0, |a| a.last));
-                        *n += 1;
-                        let frame = v3::SequencedApplicationUp {
-                            sequence: *n,
-                            up: Some(up),
-                            ns_instance_id: self.stream_id.clone(),
-                        };
-                        frames.push((app, Arc::new(frame)));
-                    }
+        let mut frames: Vec<(String, Arc<Frame>)> = Vec::new();
+        for input in inputs {
+            match input {
+                Input::Flush(done) => flushes.push(done),
+                Input::Message(app, up) => {
+                    let sequence = self.reserve(&app);
+                    frames.push((app, self.frame(sequence, up)));
                 }
             }
         }
         if !frames.is_empty() {
             let mut batch = Batch::new();
             for (app, frame) in &frames {
-                batch.put(
-                    &LINK_BACKLOG,
-                    self.key(app, frame.sequence),
-                    frame.encode_to_vec(),
-                    Expect::Any,
-                    Vec::new(),
-                );
+                self.put(&mut batch, app, frame);
             }
             match self.commit(batch).await {
-                Ok(()) => self.committed(frames).await,
+                Ok(()) => {
+                    let settled = frames
+                        .into_iter()
+                        .map(|(app, f)| (app, f.sequence, Some(f)))
+                        .collect();
+                    self.settled(settled).await;
+                }
                 Err(e) => {
-                    // Numbers are reused: nothing was sent or stored.
+                    // Nothing was stored or sent: the numbers become gaps.
                     let mut by_app: HashMap<String, u64> = HashMap::new();
                     for (app, _) in &frames {
                         *by_app.entry(app.clone()).or_default() += 1;
                     }
+                    self.settle(
+                        frames
+                            .iter()
+                            .map(|(app, f)| (app.clone(), f.sequence, None))
+                            .collect(),
+                    );
+                    self.written.send_modify(|g| *g += 1);
                     for (app, n) in by_app {
                         self.dropped(
                             &app,
@@ -405,43 +478,46 @@ impl Outbox {
         }
     }
 
-    /// Records committed frames, drops the oldest beyond the limit, and wakes the pumps.
-    async fn committed(&self, frames: Vec<(String, Arc<v3::SequencedApplicationUp>)>) {
-        self.metrics.written.inc_by(frames.len() as u64);
+    /// Settles reserved sequences (see [`AppOutbox::settle`]); returns the applications
+    /// touched. The caller wakes the pumps.
+    fn settle(&self, items: Vec<(String, u64, Option<Arc<Frame>>)>) -> Vec<String> {
         let linked: HashMap<String, bool> = {
             let links = self.links.lock().expect("link table lock");
-            frames
+            items
                 .iter()
-                .map(|(app, _)| {
+                .map(|(app, _, _)| {
                     let linked = links.all.is_some() || links.by_application.contains_key(app);
                     (app.clone(), linked)
                 })
                 .collect()
         };
-        let mut over = Vec::new();
-        {
-            let mut apps = self.apps.lock().expect("outbox lock");
-            for (app, frame) in frames {
-                let a = apps.entry(app.clone()).or_default();
-                a.last = frame.sequence;
-                a.oldest = a.oldest.max(1);
-                if linked.get(&app).copied().unwrap_or(false) {
-                    a.recent.push_back(frame);
-                    if a.recent.len() > RECENT {
-                        a.recent.pop_front();
-                    }
-                } else {
-                    a.recent.clear();
-                }
-            }
-            for app in linked.keys() {
-                let Some(a) = apps.get(app) else { continue };
-                if a.kept() > self.limit {
-                    let from = a.oldest.max(a.acked + 1);
-                    over.push((app.clone(), from, a.last - self.limit));
-                }
-            }
+        let mut apps = self.apps.lock().expect("outbox lock");
+        for (app, sequence, frame) in items {
+            let a = apps.entry(app.clone()).or_default();
+            a.oldest = a.oldest.max(1);
+            a.settle(sequence, frame, linked.get(&app).copied().unwrap_or(false));
         }
+        linked.into_keys().collect()
+    }
+
+    /// Settles committed (or given up) sequences, drops the oldest messages beyond the
+    /// limit, and wakes the pumps.
+    async fn settled(&self, items: Vec<(String, u64, Option<Arc<Frame>>)>) {
+        let committed = items.iter().filter(|(_, _, f)| f.is_some()).count();
+        self.metrics.written.inc_by(committed as u64);
+        let touched = self.settle(items);
+        let over: Vec<(String, u64, u64)> = {
+            let apps = self.apps.lock().expect("outbox lock");
+            touched
+                .into_iter()
+                .filter_map(|app| {
+                    let a = apps.get(&app)?;
+                    (a.kept() > self.limit)
+                        .then(|| (a.oldest.max(a.acked + 1), a.last - self.limit))
+                        .map(|(from, through)| (app, from, through))
+                })
+                .collect()
+        };
         for (app, from, through) in over {
             self.evict(&app, from, through).await;
         }
@@ -519,7 +595,7 @@ impl Outbox {
         cursor: u64,
         limit: usize,
     ) -> Result<Vec<Arc<v3::SequencedApplicationUp>>, StoreError> {
-        {
+        let last = {
             let apps = self.apps.lock().expect("outbox lock");
             let Some(a) = apps.get(application_id) else {
                 return Ok(Vec::new());
@@ -536,7 +612,8 @@ impl Outbox {
                     .cloned()
                     .collect());
             }
-        }
+            a.last
+        };
         let page = self
             .store
             .scan(
@@ -546,18 +623,18 @@ impl Outbox {
                 limit,
             )
             .await?;
+        // Committed records above `last` wait for a lower message still being committed.
         Ok(page
             .items
             .iter()
-            .filter_map(
-                |r| match v3::SequencedApplicationUp::decode(r.value.as_slice()) {
-                    Ok(f) => Some(Arc::new(f)),
-                    Err(e) => {
-                        warn!(key = %r.key, error = %e, "undecodable link outbox record skipped");
-                        None
-                    }
-                },
-            )
+            .filter_map(|r| match Frame::decode(r.value.as_slice()) {
+                Ok(f) => Some(Arc::new(f)),
+                Err(e) => {
+                    warn!(key = %r.key, error = %e, "undecodable link outbox record skipped");
+                    None
+                }
+            })
+            .take_while(|f| f.sequence <= last)
             .collect())
     }
 
@@ -809,6 +886,29 @@ impl LinkHub {
                     );
                 }
             }
+        }
+    }
+
+    /// Numbers a message for `application_id` for the caller to commit in its own batch
+    /// ([`Staged::add_to`]), together with the write that produced it, then to release
+    /// ([`Staged::committed`]). Without an outbox, the message is only held and
+    /// [`Staged::committed`] delivers it as [`LinkHub::deliver`] does.
+    pub async fn stage(&self, application_id: &str, up: v3::ApplicationUp) -> Staged {
+        match self.outbox().await {
+            Some(Ok(outbox)) => {
+                let sequence = outbox.reserve(application_id);
+                let frame = outbox.frame(sequence, up);
+                Staged(Some(StagedInner::Outbox {
+                    outbox,
+                    application_id: application_id.to_owned(),
+                    frame,
+                }))
+            }
+            _ => Staged(Some(StagedInner::Direct {
+                hub: self.clone(),
+                application_id: application_id.to_owned(),
+                up: Box::new(up),
+            })),
         }
     }
 
@@ -1166,6 +1266,89 @@ impl LinkHub {
                 },
             )),
         }
+    }
+}
+
+/// A message numbered by [`LinkHub::stage`], not yet committed. Its outbox record goes into
+/// the batch that records what produced it (the device write of an accepted uplink), so
+/// that after a crash both are in the store or neither is: an uplink whose FCnt was taken
+/// is always delivered. Dropped without [`Staged::committed`] (the commit failed), its
+/// number becomes a gap that later messages do not wait for.
+#[must_use = "a staged message is sent only after `committed`"]
+pub struct Staged(Option<StagedInner>);
+
+enum StagedInner {
+    Outbox {
+        outbox: Arc<Outbox>,
+        application_id: String,
+        frame: Arc<Frame>,
+    },
+    Direct {
+        hub: LinkHub,
+        application_id: String,
+        up: Box<v3::ApplicationUp>,
+    },
+}
+
+impl Staged {
+    /// Adds the message's outbox record to `batch` (nothing without an outbox).
+    pub fn add_to(&self, batch: &mut Batch) {
+        if let Some(StagedInner::Outbox {
+            outbox,
+            application_id,
+            frame,
+        }) = &self.0
+        {
+            outbox.put(batch, application_id, frame);
+        }
+    }
+
+    /// The batch with [`Staged::add_to`] was committed: the message may be sent (once
+    /// every lower sequence of its application is settled).
+    pub async fn committed(mut self) {
+        match self.0.take() {
+            Some(StagedInner::Outbox {
+                outbox,
+                application_id,
+                frame,
+            }) => {
+                outbox
+                    .settled(vec![(application_id, frame.sequence, Some(frame))])
+                    .await
+            }
+            Some(StagedInner::Direct {
+                hub,
+                application_id,
+                up,
+            }) => hub.deliver(&application_id, *up).await,
+            None => {}
+        }
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(StagedInner::Outbox {
+            outbox,
+            application_id,
+            frame,
+        }) = self.0.take()
+        {
+            outbox.settle(vec![(application_id, frame.sequence, None)]);
+            outbox.written.send_modify(|g| *g += 1);
+        }
+    }
+}
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sequence = match &self.0 {
+            Some(StagedInner::Outbox { frame, .. }) => Some(frame.sequence),
+            _ => None,
+        };
+        f.debug_struct("Staged")
+            .field("sequence", &sequence)
+            .finish()
     }
 }
 

@@ -178,6 +178,20 @@ fn app_id(ids: &v3::EndDeviceIdentifiers) -> String {
         .unwrap_or_default()
 }
 
+/// A message for the AS about a device.
+fn app_up(
+    ids: &v3::EndDeviceIdentifiers,
+    cids: &[String],
+    up: v3::application_up::Up,
+) -> v3::ApplicationUp {
+    v3::ApplicationUp {
+        end_device_ids: Some(ids.clone()),
+        correlation_ids: cids.to_vec(),
+        received_at: Some(Timestamp::now()),
+        up: Some(up),
+    }
+}
+
 /// The device's frequency plan, or the NS default.
 pub(crate) fn plan_of(device: &v3::EndDevice, config: &NsConfig) -> &'static FrequencyPlan {
     FrequencyPlan::by_id(&device.frequency_plan_id)
@@ -665,9 +679,81 @@ impl Core {
                 warn!(error = %e, "cannot clear the queue of the previous session");
             }
         }
-        // Durability: the new FCnt is stored before the uplink goes anywhere.
+        // What this uplink hands to the AS, in order: the old session's invalidated queue,
+        // the ACK of a confirmed downlink, the uplink itself.
+        let mut out = Vec::new();
+        if !invalidated.is_empty() {
+            out.push(app_up(
+                &ids,
+                &[],
+                v3::application_up::Up::DownlinkQueueInvalidated(
+                    v3::ApplicationInvalidatedDownlinks {
+                        downlinks: invalidated,
+                        next_a_f_cnt_down: 0,
+                        session_key_id: session.session_key_id.clone(),
+                    },
+                ),
+            ));
+        }
+        if let Some(c) = ack_event {
+            out.push(app_up(&ids, cids, v3::application_up::Up::DownlinkAck(c)));
+        }
+        let forward = mp.f_port.filter(|p| *p > 0).map(|f_port| {
+            let settings = ctx.msg.settings.clone().map(|mut s| {
+                s.data_rate_index = Some(u32::from(dr));
+                s
+            });
+            let airtime = plan
+                .params()
+                .data_rate(dr)
+                .and_then(|d| {
+                    band::toa::time_on_air(&d, ctx.msg.raw_payload.len(), band::Direction::Uplink)
+                        .ok()
+                })
+                .map(|d| pbjson_types::Duration {
+                    seconds: d.as_secs() as i64,
+                    nanos: d.subsec_nanos() as i32,
+                });
+            app_up(
+                &ids,
+                cids,
+                v3::application_up::Up::UplinkMessage(v3::ApplicationUplink {
+                    session_key_id: session.session_key_id.clone(),
+                    f_port: u32::from(f_port),
+                    f_cnt: v.f_cnt,
+                    frm_payload: mp.frm_payload.clone(),
+                    rx_metadata: ctx.msg.rx_metadata.clone(),
+                    settings,
+                    received_at: Some(ctx.received_at.into()),
+                    confirmed,
+                    consumed_airtime: airtime,
+                    ..Default::default()
+                }),
+            )
+        });
+        let forward_event = forward.as_ref().map(|forward| {
+            Event::new(&defs::NS_UP_DATA_FORWARD)
+                .with_identifiers([&ids])
+                .with_correlation_ids(cids.iter().cloned())
+                .with_data(forward)
+        });
+        out.extend(forward);
+        // Durability: the new FCnt and the messages for the AS reach the store in one
+        // batch, before anything is sent: after a crash, a frame whose FCnt was taken is
+        // still delivered, and its replay is still rejected.
+        let mut staged = Vec::with_capacity(out.len());
+        let mut also = tern_store::Batch::new();
+        for up in out {
+            let s = self.links.stage(&app, up).await;
+            s.add_to(&mut also);
+            staged.push(s);
+        }
         next.record.state = next.state.encode_to_vec();
-        match self.store.record_uplink(&next.record, dev.version).await {
+        match self
+            .store
+            .record_uplink_with(&next.record, dev.version, also)
+            .await
+        {
             Ok(version) => next.version = version,
             Err(e) if e.is_conflict() => {
                 // Another instance wrote the device: never overwrite it; verify again
@@ -705,56 +791,12 @@ impl Core {
                 .with_correlation_ids(cids.iter().cloned())
                 .with_data(&ctx.msg),
         );
-        if !invalidated.is_empty() {
-            self.invalidate(&ids, invalidated, 0, session.session_key_id.clone())
-                .await;
-        }
-        if let Some(c) = ack_event {
-            self.deliver(&ids, cids, v3::application_up::Up::DownlinkAck(c))
-                .await;
-        }
-        if let Some(f_port) = mp.f_port.filter(|p| *p > 0) {
-            let settings = ctx.msg.settings.clone().map(|mut s| {
-                s.data_rate_index = Some(u32::from(dr));
-                s
-            });
-            let airtime = plan
-                .params()
-                .data_rate(dr)
-                .and_then(|d| {
-                    band::toa::time_on_air(&d, ctx.msg.raw_payload.len(), band::Direction::Uplink)
-                        .ok()
-                })
-                .map(|d| pbjson_types::Duration {
-                    seconds: d.as_secs() as i64,
-                    nanos: d.subsec_nanos() as i32,
-                });
-            let up = v3::ApplicationUplink {
-                session_key_id: session.session_key_id.clone(),
-                f_port: u32::from(f_port),
-                f_cnt: v.f_cnt,
-                frm_payload: mp.frm_payload.clone(),
-                rx_metadata: ctx.msg.rx_metadata.clone(),
-                settings,
-                received_at: Some(ctx.received_at.into()),
-                confirmed,
-                consumed_airtime: airtime,
-                ..Default::default()
-            };
+        if let Some(event) = forward_event {
             self.metrics.forwarded.inc();
-            let forward = v3::ApplicationUp {
-                end_device_ids: Some(ids.clone()),
-                correlation_ids: cids.clone(),
-                received_at: Some(Timestamp::now()),
-                up: Some(v3::application_up::Up::UplinkMessage(up)),
-            };
-            self.events.publish(
-                Event::new(&defs::NS_UP_DATA_FORWARD)
-                    .with_identifiers([&ids])
-                    .with_correlation_ids(cids.iter().cloned())
-                    .with_data(&forward),
-            );
-            self.links.deliver(&app, forward).await;
+            self.events.publish(event);
+        }
+        for s in staged {
+            s.committed().await;
         }
         let required = confirmed || mac_outcome || mp.fhdr.f_ctrl.adr_ack_req;
         self.class_a_downlink(slot, dev, ctx, phy, v.f_cnt, dr, plan, confirmed, required)
@@ -767,13 +809,9 @@ impl Core {
         cids: &[String],
         up: v3::application_up::Up,
     ) {
-        let msg = v3::ApplicationUp {
-            end_device_ids: Some(ids.clone()),
-            correlation_ids: cids.to_vec(),
-            received_at: Some(Timestamp::now()),
-            up: Some(up),
-        };
-        self.links.deliver(&app_id(ids), msg).await;
+        self.links
+            .deliver(&app_id(ids), app_up(ids, cids, up))
+            .await;
     }
 
     async fn invalidate(

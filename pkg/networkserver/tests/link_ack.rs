@@ -357,6 +357,71 @@ async fn unacknowledged_messages_survive_an_ns_crash() {
     as_.quiet().await;
 }
 
+/// Staged messages are numbered at once but committed by their callers, in any order: a
+/// message is sent only when every lower number is committed or given up, so that the
+/// AS's cumulative acknowledgement never covers one it was not sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_messages_are_sent_in_sequence_order_whatever_order_they_commit_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = ns(dir.path(), 100).await;
+    let mut as_ = As::link(&ns.hub, Vec::new()).await;
+    let mut staged = Vec::new();
+    for f in 1..=4 {
+        staged.push(ns.hub.stage("app-1", up(f)).await);
+    }
+    let [s1, s2, s3, s4] = <[_; 4]>::try_from(staged).unwrap();
+    let commit = |s: &tern_networkserver::link::Staged| {
+        let mut batch = tern_store::Batch::new();
+        s.add_to(&mut batch);
+        assert_eq!(batch.ops.len(), 1);
+        ns.store.commit(batch)
+    };
+    // 2 is committed first: it waits for 1.
+    commit(&s2).await.unwrap();
+    s2.committed().await;
+    as_.quiet().await;
+    assert_eq!(ns.hub.outbox_state("app-1").await.unwrap().last, 0);
+    commit(&s1).await.unwrap();
+    s1.committed().await;
+    assert_eq!(as_.up().await.sequence, 1);
+    assert_eq!(as_.up().await.sequence, 2);
+    // 3's commit fails (dropped unsettled): a gap, and 4 does not wait for it.
+    drop(s3);
+    commit(&s4).await.unwrap();
+    s4.committed().await;
+    let m = as_.up().await;
+    assert_eq!((m.sequence, f_cnt(&m)), (4, 4));
+    as_.quiet().await;
+    // Messages handed over the usual way continue the numbering.
+    deliver(&ns.hub, 5..=5).await;
+    assert_eq!(as_.up().await.sequence, 5);
+    as_.ack("app-1", 5, &as_.ns_instance_id.clone()).await;
+    outbox_becomes(
+        &ns.hub,
+        OutboxState {
+            last: 5,
+            acknowledged: 5,
+            kept: 0,
+        },
+    )
+    .await;
+    // After a restart, a committed message above an uncommitted one is resent in order.
+    let held = ns.hub.stage("app-1", up(6)).await;
+    let next = ns.hub.stage("app-1", up(7)).await;
+    commit(&next).await.unwrap();
+    next.committed().await;
+    as_.quiet().await;
+    // The crash: 6 is never settled (`held` outlives the store).
+    ns.store.close().await.unwrap();
+    drop(as_);
+    let ns = self::ns(dir.path(), 100).await;
+    let mut as_ = As::link(&ns.hub, Vec::new()).await;
+    let m = as_.up().await;
+    assert_eq!((m.sequence, f_cnt(&m)), (7, 7));
+    as_.quiet().await;
+    drop(held);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_store_starts_a_new_numbering_epoch() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

@@ -252,6 +252,46 @@ async fn a_restart_loses_no_accepted_frame_counter() {
     assert_eq!(uplink_of(&as_.next_up(WAIT).await.unwrap()).f_cnt, 11);
 }
 
+/// The outbox record of an uplink is committed with its FCnt: the moment the NS has
+/// accepted a frame, a crash can no longer lose it (its replay would be rejected).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_uplink_is_stored_for_the_as_together_with_its_frame_counter() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let h = Harness::start(dir.path(), Arc::new(NoJs), config()).await;
+        h.abp("app-1", "dev-1", ADDR, NWK, v3::MacVersion::MacV103, 0)
+            .await;
+        h.ns.process_uplink(copy(&up(7, false), "gw", 1.0, -80.0))
+            .await
+            .unwrap();
+        // No flush, no wait: the FCnt and the outbox record are in the store already.
+        let device =
+            h.ns.get_device(&v3::EndDeviceIdentifiers::new("app-1", "dev-1"))
+                .await
+                .unwrap();
+        assert_eq!(device.session.unwrap().last_f_cnt_up, 7);
+        let kept = h
+            .store
+            .scan(&tern_networkserver::link::LINK_BACKLOG, "", None, 10)
+            .await
+            .unwrap();
+        assert_eq!(kept.items.len(), 1, "{kept:?}");
+        // The crash: the store closes under the NS, nothing is flushed.
+        h.store.close().await.unwrap();
+    }
+    let h = Harness::start(dir.path(), Arc::new(NoJs), config()).await;
+    let mut as_ = h.link().await;
+    let m = as_.next_up(WAIT).await.expect("the accepted uplink");
+    assert_eq!((uplink_of(&m).f_cnt, m.sequence), (7, 1));
+    h.ns.process_uplink(copy(&up(7, false), "gw", 1.0, -80.0))
+        .await
+        .unwrap();
+    assert!(
+        as_.next_up(Duration::from_millis(200)).await.is_none(),
+        "replay of an accepted frame"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uplinks_for_an_unlinked_application_wait_for_the_link() {
     let dir = tempfile::tempdir().unwrap();

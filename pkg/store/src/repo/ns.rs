@@ -134,7 +134,19 @@ pub trait NsDeviceStore: Send + Sync {
     /// The hot path: writes a device after an uplink (FCnt, MAC state, session switch)
     /// if it is still at `expected_version`, in a group commit with other callers'
     /// writes. Returns once durable; see the `group_commit` module for crash semantics.
-    async fn record_uplink(&self, record: &NsDeviceRecord, expected_version: u64) -> Result<u64>;
+    async fn record_uplink(&self, record: &NsDeviceRecord, expected_version: u64) -> Result<u64> {
+        self.record_uplink_with(record, expected_version, Batch::new())
+            .await
+    }
+    /// [`NsDeviceStore::record_uplink`] with `also` in the same atomic batch: what the
+    /// accepted uplink produced (the link outbox entry that carries it to the AS), so that
+    /// a crash keeps both or neither.
+    async fn record_uplink_with(
+        &self,
+        record: &NsDeviceRecord,
+        expected_version: u64,
+        also: Batch,
+    ) -> Result<u64>;
     /// Deletes a device and its NS downlink queue.
     async fn delete_ns_device(
         &self,
@@ -190,8 +202,15 @@ impl NsDeviceStore for Store {
         versions.first().copied().ok_or(StoreError::Closed)
     }
 
-    async fn record_uplink(&self, record: &NsDeviceRecord, expected_version: u64) -> Result<u64> {
-        let batch = record.batch(Expect::Version(expected_version))?;
+    async fn record_uplink_with(
+        &self,
+        record: &NsDeviceRecord,
+        expected_version: u64,
+        also: Batch,
+    ) -> Result<u64> {
+        // The device first: its version is the first result.
+        let mut batch = record.batch(Expect::Version(expected_version))?;
+        batch.ops.extend(also.ops);
         let versions = self.commit_grouped(batch).await?;
         versions.first().copied().ok_or(StoreError::Closed)
     }
