@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Instant, SystemTime};
 
 use band::FrequencyPlan;
@@ -22,6 +22,7 @@ use tern_events::{Event, EventBus, definitions as defs};
 use tern_store::{
     DownlinkQueueStore, Expect, NsDeviceRecord, NsDeviceStore, QueueOwner, Store, StoreError,
 };
+use tokio::sync::mpsc;
 use tonic::Status;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -103,6 +104,8 @@ pub(crate) struct Core {
     pub links: LinkHub,
     pub devices: Devices,
     pub dedup: Dedup,
+    /// The dedup windows to close, in opening order (see [`spawn_closer`]).
+    closer: OnceLock<mpsc::UnboundedSender<(tokio::time::Instant, Vec<u8>)>>,
     pub vault: KeyVault,
     pub metrics: Metrics,
     pub mac: MacLayer,
@@ -176,6 +179,36 @@ fn app_id(ids: &v3::EndDeviceIdentifiers) -> String {
         .as_ref()
         .map(|a| a.application_id.clone())
         .unwrap_or_default()
+}
+
+/// Deduplicated frames processed at once at most; beyond, windows close later (the
+/// backlog waits as payloads, not as half-run pipelines).
+const MAX_PROCESSING: usize = 4096;
+
+/// The task that closes dedup windows: every window lasts as long, so they close in the
+/// order they opened, one timer for all instead of a task per frame. Each merged uplink is
+/// processed in its own task.
+fn spawn_closer(core: Weak<Core>) -> mpsc::UnboundedSender<(tokio::time::Instant, Vec<u8>)> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PROCESSING));
+    tokio::spawn(async move {
+        while let Some((deadline, raw)) = rx.recv().await {
+            tokio::time::sleep_until(deadline).await;
+            let Some(core) = core.upgrade() else { return };
+            let until = Instant::now() + core.config.cooldown;
+            let Some(merged) = core.dedup.close(&raw, until) else {
+                continue;
+            };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                core.process(merged).await;
+                drop(permit);
+            });
+        }
+    });
+    tx
 }
 
 /// A message for the AS about a device.
@@ -271,6 +304,7 @@ impl Core {
             links,
             devices: Devices::new(),
             dedup: Dedup::new(),
+            closer: OnceLock::new(),
             vault,
             metrics: Metrics::default(),
             mac,
@@ -359,7 +393,6 @@ impl Core {
             );
             return Err(Status::invalid_argument("raw_payload: empty"));
         }
-        let raw = uplink.raw_payload.clone();
         match self.dedup.admit(uplink) {
             Admit::Merged => Ok(()),
             Admit::Late => {
@@ -371,17 +404,13 @@ impl Core {
                 );
                 Ok(())
             }
-            Admit::Opened => {
-                let core = self.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(core.config.dedup_window).await;
-                    let until = Instant::now() + core.config.cooldown;
-                    if let Some(merged) = core.dedup.close(&raw, until) {
-                        core.process(merged).await;
-                    }
-                    tokio::time::sleep(core.config.cooldown).await;
-                    core.dedup.expire(&raw);
-                });
+            Admit::Opened(raw) => {
+                let closer = self
+                    .closer
+                    .get_or_init(|| spawn_closer(Arc::downgrade(self)));
+                let deadline = tokio::time::Instant::now() + self.config.dedup_window;
+                // Fails only when the closer ended, i.e. the NS is gone.
+                let _ = closer.send((deadline, raw));
                 Ok(())
             }
         }
