@@ -32,6 +32,8 @@ pub struct AsConfig {
     pub public_url: String,
     /// Webhook delivery and pub/sub settings.
     pub integrations: tern_integrations::IntegrationsConfig,
+    /// The in-memory cache of the uplink path.
+    pub cache: crate::cache::CacheConfig,
 }
 
 impl Default for AsConfig {
@@ -46,6 +48,7 @@ impl Default for AsConfig {
             formatters: tern_formatters::Limits::default(),
             public_url: "http://localhost:1885".to_owned(),
             integrations: tern_integrations::IntegrationsConfig::default(),
+            cache: crate::cache::CacheConfig::default(),
         }
     }
 }

@@ -3,6 +3,8 @@
 //! encoded, encrypted with the counter the NS reports, and queued on the link.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use anyhow::Context as _;
@@ -12,6 +14,7 @@ use lorawan::crypto::encrypt_frm_payload;
 use lorawan::{Aes128Key, DevAddr, Direction};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use prost::Message;
 use serde_json::{Value, json};
@@ -24,6 +27,7 @@ use tern_store::{AsDeviceRecord, AsSession, AsStore, Expect, Store, StoreError};
 use tonic::Status;
 use tracing::{debug, warn};
 
+use crate::cache::{AppEntry, AsCache, CacheConfig, CacheCounters, ClearSession, DeviceEntry};
 use crate::fanout::{AppMessage, Fanout, TopicKind};
 use crate::keys::KeyVault;
 use crate::link::{Linker, UpHandler};
@@ -34,6 +38,9 @@ const MAX_QUEUE_ATTEMPTS: usize = 4;
 
 /// Largest FPort of an application payload.
 const MAX_F_PORT: u32 = 223;
+
+/// Device locks, striped: a fixed array instead of one lock per device ever seen.
+const DEVICE_LOCKS: usize = 4096;
 
 /// The metrics of the AS pipeline.
 #[derive(Debug, Clone, Default)]
@@ -50,6 +57,16 @@ pub struct AsMetrics {
     pub downlinks_rejected: Family<Vec<(&'static str, String)>, Counter>,
     /// Queued downlinks re-encrypted after an invalidation.
     pub downlinks_reencrypted: Counter,
+    /// Uplink-path cache hits, by kind (`device`, `application`).
+    pub cache_hits: Family<Vec<(&'static str, String)>, Counter>,
+    /// Uplink-path cache misses (store reads), by kind (`device`, `application`).
+    pub cache_misses: Family<Vec<(&'static str, String)>, Counter>,
+    /// Cached devices read again because an uplink carried a session they did not know.
+    pub cache_session_reloads: Counter,
+    /// Cached devices evicted to keep the bound.
+    pub cache_evictions: Counter,
+    /// Devices in the cache.
+    pub cache_devices: Gauge<i64, AtomicI64>,
 }
 
 impl AsMetrics {
@@ -85,6 +102,45 @@ impl AsMetrics {
             "Queued downlinks re-encrypted after the Network Server invalidated them",
             self.downlinks_reencrypted.clone(),
         );
+        registry.register(
+            "cache_hits",
+            "Uplink-path cache hits, by kind (device, application)",
+            self.cache_hits.clone(),
+        );
+        registry.register(
+            "cache_misses",
+            "Uplink-path cache misses, each a store read, by kind (device, application)",
+            self.cache_misses.clone(),
+        );
+        registry.register(
+            "cache_session_reloads",
+            "Cached devices read again because an uplink carried a session they did not know",
+            self.cache_session_reloads.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Cached devices evicted to keep the cache's bound",
+            self.cache_evictions.clone(),
+        );
+        registry.register(
+            "cache_devices",
+            "Devices in the uplink-path cache",
+            self.cache_devices.clone(),
+        );
+    }
+
+    fn cache_counters(&self) -> CacheCounters {
+        let kind = |f: &Family<Vec<(&'static str, String)>, Counter>, kind: &str| {
+            f.get_or_create(&vec![("kind", kind.to_owned())]).clone()
+        };
+        CacheCounters {
+            device_hits: kind(&self.cache_hits, "device"),
+            device_misses: kind(&self.cache_misses, "device"),
+            application_hits: kind(&self.cache_hits, "application"),
+            application_misses: kind(&self.cache_misses, "application"),
+            evictions: self.cache_evictions.clone(),
+            devices: self.cache_devices.clone(),
+        }
     }
 
     fn reason(family: &Family<Vec<(&'static str, String)>, Counter>, reason: &str) {
@@ -171,7 +227,9 @@ pub struct AsCore {
     pub(crate) fanout: Arc<Fanout>,
     pub(crate) metrics: AsMetrics,
     linker: OnceLock<Weak<Linker>>,
-    device_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    device_locks: Box<[tokio::sync::Mutex<()>]>,
+    lock_hasher: RandomState,
+    cache: AsCache,
     // The (session, counter) the NS said the next downlink of a device must use.
     next_down: Mutex<HashMap<String, (Vec<u8>, u32)>>,
 }
@@ -182,11 +240,24 @@ impl std::fmt::Debug for AsCore {
     }
 }
 
-/// A session with its key in clear.
-struct ClearSession {
-    session_key_id: Vec<u8>,
-    key: Aes128Key,
-    dev_addr: DevAddr,
+/// The cache key of a device.
+fn cache_key(app: &str, dev: &str) -> String {
+    format!("{app}/{dev}")
+}
+
+/// A device's own formatter of one direction; `None`: its application's.
+fn own_formatter(
+    f: Option<&v3::MessagePayloadFormatters>,
+    up: bool,
+) -> Option<Result<FormatterKind, String>> {
+    let f = f?;
+    let (which, parameter) = if up {
+        (f.up_formatter, &f.up_formatter_parameter)
+    } else {
+        (f.down_formatter, &f.down_formatter_parameter)
+    };
+    (which != v3::PayloadFormatter::FormatterApplication as i32)
+        .then(|| formatter_kind(which, parameter))
 }
 
 impl AsCore {
@@ -201,6 +272,7 @@ impl AsCore {
         formatters: Arc<Formatters>,
         fanout: Arc<Fanout>,
     ) -> Self {
+        let metrics = AsMetrics::default();
         Self {
             store,
             events,
@@ -209,11 +281,35 @@ impl AsCore {
             ns,
             formatters,
             fanout,
-            metrics: AsMetrics::default(),
             linker: OnceLock::new(),
-            device_locks: Mutex::new(HashMap::new()),
+            device_locks: (0..DEVICE_LOCKS).map(|_| Default::default()).collect(),
+            lock_hasher: RandomState::new(),
+            cache: AsCache::new(&CacheConfig::default(), metrics.cache_counters()),
+            metrics,
             next_down: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Sizes the uplink-path cache (before the core is shared).
+    pub fn with_cache(mut self, config: &CacheConfig) -> Self {
+        self.cache = AsCache::new(config, self.metrics.cache_counters());
+        self
+    }
+
+    /// The store the AS reads and writes.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Devices in the uplink-path cache now.
+    pub fn cached_devices(&self) -> usize {
+        self.cache.device_count()
+    }
+
+    /// The approximate memory of the last device entry cached, in bytes (record, unwrapped
+    /// keys, map slot and key).
+    pub fn cache_entry_bytes(&self) -> u64 {
+        self.cache.last_entry_bytes()
     }
 
     /// Hands a rendered message to the integrations (MQTT clients and sinks).
@@ -231,28 +327,93 @@ impl AsCore {
         let _ = self.linker.set(Arc::downgrade(linker));
     }
 
-    fn device_lock(&self, app: &str, dev: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.device_locks
-            .lock()
-            .expect("device locks")
-            .entry(format!("{app}/{dev}"))
-            .or_default()
-            .clone()
+    /// The lock serializing the reads and writes of one device's record (and with them the
+    /// cache's view of it); devices share a fixed set of locks.
+    pub(crate) fn device_lock(&self, app: &str, dev: &str) -> &tokio::sync::Mutex<()> {
+        let h = self.lock_hasher.hash_one((app, dev)) as usize;
+        &self.device_locks[h % self.device_locks.len()]
     }
 
-    async fn record(
+    /// The device, under its lock: from the cache, else from the store (filling the cache).
+    async fn locked_entry(
         &self,
         app: &str,
         dev: &str,
-    ) -> Result<Option<(AsDeviceRecord, u64)>, StoreError> {
+        key: &str,
+    ) -> Result<Option<Arc<DeviceEntry>>, StoreError> {
+        match self.cache.device(key) {
+            Some(e) => Ok(Some(e)),
+            None => self.load_entry(app, dev, key).await,
+        }
+    }
+
+    /// Reads the device from the store into the cache; call under the device's lock.
+    async fn load_entry(
+        &self,
+        app: &str,
+        dev: &str,
+        key: &str,
+    ) -> Result<Option<Arc<DeviceEntry>>, StoreError> {
+        match self.store.get_as_device(app, dev).await {
+            Ok(Some(v)) => {
+                let entry = Arc::new(DeviceEntry::new(v.value, v.version));
+                self.cache.put_device(key, entry.clone());
+                Ok(Some(entry))
+            }
+            Ok(None) => {
+                self.cache.remove_device(key);
+                Ok(None)
+            }
+            Err(e) => {
+                self.cache.remove_device(key);
+                Err(e)
+            }
+        }
+    }
+
+    /// The device without its lock: from the cache, else from the store, not filling the
+    /// cache (a write under the lock could race with the fill).
+    async fn peek_entry(
+        &self,
+        app: &str,
+        dev: &str,
+    ) -> Result<Option<Arc<DeviceEntry>>, StoreError> {
+        if let Some(e) = self.cache.device(&cache_key(app, dev)) {
+            return Ok(Some(e));
+        }
         Ok(self
             .store
             .get_as_device(app, dev)
             .await?
-            .map(|v| (v.value, v.version)))
+            .map(|v| Arc::new(DeviceEntry::new(v.value, v.version))))
     }
 
-    /// The application's default formatters.
+    /// Records a write of this AS (under the device's lock) in the cache.
+    pub(crate) fn cache_written(&self, record: AsDeviceRecord, version: u64) {
+        let ids = record.ids.clone().unwrap_or_default();
+        let key = cache_key(app_of(&ids), &ids.device_id);
+        self.cache
+            .put_device(&key, Arc::new(DeviceEntry::new(record, version)));
+    }
+
+    /// Forgets a device in the cache (deleted, or a write whose outcome is unknown).
+    pub(crate) fn cache_forget(&self, app: &str, dev: &str) {
+        self.cache.remove_device(&cache_key(app, dev));
+    }
+
+    /// The application's settings for the pipeline: cached for the configured TTL.
+    async fn application_entry(&self, app: &str) -> Result<Arc<AppEntry>, StoreError> {
+        if let Some(e) = self.cache.application(app) {
+            return Ok(e);
+        }
+        let formatters = self.application_formatters(app).await?;
+        let up = formatter_kind(formatters.up_formatter, &formatters.up_formatter_parameter);
+        let entry = Arc::new(AppEntry::new(formatters, up));
+        self.cache.put_application(app, entry.clone());
+        Ok(entry)
+    }
+
+    /// The application's default formatters, read from the store.
     pub async fn application_formatters(
         &self,
         app: &str,
@@ -280,6 +441,11 @@ impl AsCore {
             .set_as_application(app, &settings.encode_to_vec(), Expect::Any)
             .await
             .map_err(store_status)?;
+        // This instance sees its own change at once; others within their TTL.
+        let formatters = settings.formatters.unwrap_or_default();
+        let up = formatter_kind(formatters.up_formatter, &formatters.up_formatter_parameter);
+        self.cache
+            .put_application(app, Arc::new(AppEntry::new(formatters, up)));
         Ok(())
     }
 
@@ -318,24 +484,32 @@ impl AsCore {
         record: Option<&AsDeviceRecord>,
         up: bool,
     ) -> Result<FormatterKind, String> {
-        let own = record.and_then(|r| r.formatters.as_ref()).filter(|f| {
-            let which = if up { f.up_formatter } else { f.down_formatter };
-            which != v3::PayloadFormatter::FormatterApplication as i32
-        });
-        let formatters = match own {
-            Some(f) => f.clone(),
-            None => self
-                .application_formatters(app)
-                .await
-                .map_err(|e| format!("reading the application's formatters: {e}"))?,
-        };
+        if let Some(own) = own_formatter(record.and_then(|r| r.formatters.as_ref()), up) {
+            return own;
+        }
+        let entry = self
+            .application_entry(app)
+            .await
+            .map_err(|e| format!("reading the application's formatters: {e}"))?;
         if up {
-            formatter_kind(formatters.up_formatter, &formatters.up_formatter_parameter)
+            entry.up.clone()
         } else {
             formatter_kind(
-                formatters.down_formatter,
-                &formatters.down_formatter_parameter,
+                entry.formatters.down_formatter,
+                &entry.formatters.down_formatter_parameter,
             )
+        }
+    }
+
+    /// The uplink formatter of a cached device, compiled once per entry.
+    async fn entry_up_formatter(
+        &self,
+        app: &str,
+        entry: &DeviceEntry,
+    ) -> Result<FormatterKind, String> {
+        match entry.up_formatter(|r| own_formatter(r.formatters.as_ref(), true)) {
+            Some(own) => own,
+            None => self.formatter_for(app, None, true).await,
         }
     }
 
@@ -365,6 +539,10 @@ impl AsCore {
                 .map(std::time::SystemTime::from),
             variables: None,
         };
+        if kind == FormatterKind::CayenneLpp {
+            // Bounded pure decoding, microseconds: a thread hop would cost more.
+            return engine.decode_uplink(&kind, &input);
+        }
         tokio::task::spawn_blocking(move || engine.decode_uplink(&kind, &input))
             .await
             .unwrap_or_else(|e| Err(tern_formatters::FormatterError::Engine(e.to_string())))
@@ -435,6 +613,15 @@ impl AsCore {
                 }
             ));
         };
+        Ok((self.unwrap_session(ids, &session)?, changed))
+    }
+
+    /// A session's AppSKey in clear, with its DevAddr.
+    fn unwrap_session(
+        &self,
+        ids: &v3::EndDeviceIdentifiers,
+        session: &AsSession,
+    ) -> Result<ClearSession, String> {
         let envelope = session
             .app_s_key
             .as_ref()
@@ -443,19 +630,53 @@ impl AsCore {
         let dev_addr = dev_addr_of(&session.dev_addr)
             .or_else(|| dev_addr_of(&ids.dev_addr))
             .ok_or_else(|| "the session has no DevAddr".to_owned())?;
-        Ok((
-            ClearSession {
-                session_key_id: session.session_key_id,
-                key,
-                dev_addr,
-            },
-            changed,
-        ))
+        Ok(ClearSession { key, dev_addr })
     }
 
-    async fn save(&self, record: &AsDeviceRecord, version: Option<u64>) -> Result<(), StoreError> {
+    /// The session of a device with this key ID, its key unwrapped once per cached entry;
+    /// else the Join Server's.
+    async fn clear_session(
+        &self,
+        ids: &v3::EndDeviceIdentifiers,
+        entry: Option<&DeviceEntry>,
+        session_key_id: &[u8],
+    ) -> Result<ClearSession, String> {
+        if let Some(e) = entry
+            && let Some(i) = e.session(session_key_id)
+        {
+            return e.clear_key(i, |s| self.unwrap_session(ids, s));
+        }
+        let mut record = entry.map(|e| e.record()).unwrap_or_default();
+        self.session_for(ids, &mut record, session_key_id, false)
+            .await
+            .map(|(s, _)| s)
+    }
+
+    /// Writes the device (under its lock) and caches what was written; a failed write
+    /// leaves the cache without the device, so that the next use reads the store.
+    async fn save(
+        &self,
+        key: &str,
+        record: AsDeviceRecord,
+        version: Option<u64>,
+        prev: Option<&DeviceEntry>,
+    ) -> Result<Arc<DeviceEntry>, StoreError> {
         let expect = version.map_or(Expect::Absent, Expect::Version);
-        self.store.set_as_device(record, expect).await.map(drop)
+        match self.store.set_as_device(&record, expect).await {
+            Ok(version) => {
+                let mut entry = DeviceEntry::new(record, version);
+                if let Some(prev) = prev {
+                    entry = entry.inherit(prev);
+                }
+                let entry = Arc::new(entry);
+                self.cache.put_device(key, entry.clone());
+                Ok(entry)
+            }
+            Err(e) => {
+                self.cache.remove_device(key);
+                Err(e)
+            }
+        }
     }
 
     fn drop_up(&self, ids: &v3::EndDeviceIdentifiers, reason: &str, message: String) {
@@ -467,11 +688,9 @@ impl AsCore {
             message,
             ..Default::default()
         };
-        self.events.publish(
-            Event::new(&ev::AS_UP_DATA_DECODE_FAIL)
-                .with_identifiers([ids])
-                .with_data(&details),
-        );
+        self.events.publish_with(&ev::AS_UP_DATA_DECODE_FAIL, |e| {
+            e.with_identifiers([ids]).with_data(&details)
+        });
     }
 
     async fn handle_uplink(
@@ -481,27 +700,50 @@ impl AsCore {
         mut uplink: v3::ApplicationUplink,
     ) -> anyhow::Result<()> {
         let app = app_of(&ids).to_owned();
+        let key = cache_key(&app, &ids.device_id);
         let lock = self.device_lock(&app, &ids.device_id);
         let guard = lock.lock().await;
-        let existing = self.record(&app, &ids.device_id).await?;
-        let version = existing.as_ref().map(|(_, v)| *v);
-        let mut record = existing.map(|(r, _)| r).unwrap_or_else(|| AsDeviceRecord {
-            ids: Some(ids.clone()),
-            ..Default::default()
-        });
-        let (session, changed) = match self
-            .session_for(&ids, &mut record, &uplink.session_key_id, true)
-            .await
-        {
+        let entry = match self.cache.device(&key) {
+            Some(e) if e.session(&uplink.session_key_id).is_some() => Some(e),
+            Some(_) => {
+                // Another AS instance sharing the store may have written a newer session.
+                self.metrics.cache_session_reloads.inc();
+                self.load_entry(&app, &ids.device_id, &key).await?
+            }
+            None => self.load_entry(&app, &ids.device_id, &key).await?,
+        };
+        let current = entry
+            .as_ref()
+            .filter(|e| e.session(&uplink.session_key_id) == Some(0));
+        let (session, entry) = if let Some(e) = current {
+            // The hot path: the current session, its key unwrapped once.
+            (e.clear_key(0, |s| self.unwrap_session(&ids, s)), e.clone())
+        } else {
+            // A pending session to promote, or a key the Join Server has: a write.
+            let version = entry.as_ref().map(|e| e.version);
+            let mut record = entry.map(|e| e.record()).unwrap_or_else(|| AsDeviceRecord {
+                ids: Some(ids.clone()),
+                ..Default::default()
+            });
+            match self
+                .session_for(&ids, &mut record, &uplink.session_key_id, true)
+                .await
+            {
+                Ok((s, true)) => (Ok(s), self.save(&key, record, version, None).await?),
+                Ok((s, false)) => (
+                    Ok(s),
+                    Arc::new(DeviceEntry::new(record, version.unwrap_or(0))),
+                ),
+                Err(message) => (Err(message), Arc::new(DeviceEntry::new(record, 0))),
+            }
+        };
+        let session = match session {
             Ok(s) => s,
             Err(message) => {
                 self.drop_up(&ids, "no_app_s_key", message);
                 return Ok(());
             }
         };
-        if changed {
-            self.save(&record, version).await?;
-        }
         // Sinks may queue downlinks for this device in turn: do not hold its lock for them.
         drop(guard);
         uplink.frm_payload = crypt(
@@ -512,7 +754,7 @@ impl AsCore {
             &uplink.frm_payload,
         );
         // The formatter: a failure still delivers the uplink, undecoded, with the reason.
-        let kind = self.formatter_for(&app, Some(&record), true).await;
+        let kind = self.entry_up_formatter(&app, &entry).await;
         let decoded = match kind {
             Ok(FormatterKind::None) => None,
             Ok(kind) => Some(
@@ -550,12 +792,11 @@ impl AsCore {
                     correlation_ids: up.correlation_ids.clone(),
                     ..Default::default()
                 };
-                self.events.publish(
-                    Event::new(&ev::AS_UP_DATA_DECODE_FAIL)
-                        .with_identifiers([&ids])
+                self.events.publish_with(&ev::AS_UP_DATA_DECODE_FAIL, |e| {
+                    e.with_identifiers([&ids])
                         .with_correlation_ids(up.correlation_ids.clone())
-                        .with_data(&details),
-                );
+                        .with_data(&details)
+                });
             }
             None => {}
         }
@@ -581,12 +822,11 @@ impl AsCore {
             .await
             .context("delivering the uplink to the integrations")?;
         self.metrics.uplinks_forwarded.inc();
-        self.events.publish(
-            Event::new(&ev::AS_UP_DATA_FORWARD)
-                .with_identifiers([&ids])
+        self.events.publish_with(&ev::AS_UP_DATA_FORWARD, |e| {
+            e.with_identifiers([&ids])
                 .with_correlation_ids(up.correlation_ids.clone())
-                .with_data(&forwarded),
-        );
+                .with_data(&forwarded)
+        });
         Ok(())
     }
 
@@ -598,19 +838,21 @@ impl AsCore {
     ) -> anyhow::Result<()> {
         let app = app_of(&ids).to_owned();
         let requeue = {
+            let key = cache_key(&app, &ids.device_id);
             let lock = self.device_lock(&app, &ids.device_id);
             let _guard = lock.lock().await;
-            let existing = self.record(&app, &ids.device_id).await?;
-            let version = existing.as_ref().map(|(_, v)| *v);
-            let mut record = existing.map(|(r, _)| r).unwrap_or_default();
+            // Read from the store, not the cache: a join is rare, and its write must not
+            // conflict with what another AS instance wrote.
+            let existing = self.load_entry(&app, &ids.device_id, &key).await?;
+            let version = existing.as_ref().map(|e| e.version);
             // The downlinks of the old session, in clear, before its key is replaced.
             let mut clear = Vec::new();
             for d in &join.invalidated_downlinks {
                 match self
-                    .session_for(&ids, &mut record.clone(), &d.session_key_id, false)
+                    .clear_session(&ids, existing.as_deref(), &d.session_key_id)
                     .await
                 {
-                    Ok((s, _)) => {
+                    Ok(s) => {
                         let mut d = d.clone();
                         d.frm_payload = crypt(
                             &s.key,
@@ -624,6 +866,7 @@ impl AsCore {
                     Err(message) => self.drop_up(&ids, "invalidated_downlink_lost", message),
                 }
             }
+            let mut record = existing.map(|e| e.record()).unwrap_or_default();
             let session = AsSession {
                 session_key_id: join.session_key_id.clone(),
                 app_s_key: join.app_s_key.clone(),
@@ -637,7 +880,7 @@ impl AsCore {
                 record.pending_session = None;
             }
             record.ids = Some(ids.clone());
-            self.save(&record, version).await?;
+            self.save(&key, record, version, None).await?;
             // Counters of the old session mean nothing for the new one.
             self.next_down
                 .lock()
@@ -679,12 +922,11 @@ impl AsCore {
             })
             .await
             .context("delivering the join-accept to the integrations")?;
-        self.events.publish(
-            Event::new(&ev::AS_UP_JOIN_FORWARD)
-                .with_identifiers([&ids])
+        self.events.publish_with(&ev::AS_UP_JOIN_FORWARD, |e| {
+            e.with_identifiers([&ids])
                 .with_correlation_ids(up.correlation_ids.clone())
-                .with_data(&forwarded),
-        );
+                .with_data(&forwarded)
+        });
         Ok(())
     }
 
@@ -695,18 +937,16 @@ impl AsCore {
         down: &v3::ApplicationDownlink,
     ) -> v3::ApplicationDownlink {
         let mut down = down.clone();
-        let record = self
-            .record(app_of(ids), &ids.device_id)
+        let entry = self
+            .peek_entry(app_of(ids), &ids.device_id)
             .await
             .ok()
-            .flatten()
-            .map(|(r, _)| r)
-            .unwrap_or_default();
+            .flatten();
         match self
-            .session_for(ids, &mut record.clone(), &down.session_key_id, false)
+            .clear_session(ids, entry.as_deref(), &down.session_key_id)
             .await
         {
-            Ok((s, _)) => {
+            Ok(s) => {
                 down.frm_payload = crypt(
                     &s.key,
                     Direction::Downlink,
@@ -749,12 +989,12 @@ impl AsCore {
         ids: v3::EndDeviceIdentifiers,
         invalidated: v3::ApplicationInvalidatedDownlinks,
     ) -> anyhow::Result<()> {
-        self.events.publish(
-            Event::new(&ev::AS_DOWN_QUEUE_INVALIDATED)
-                .with_identifiers([&ids])
-                .with_correlation_ids(up.correlation_ids.clone())
-                .with_data(&invalidated),
-        );
+        self.events
+            .publish_with(&ev::AS_DOWN_QUEUE_INVALIDATED, |e| {
+                e.with_identifiers([&ids])
+                    .with_correlation_ids(up.correlation_ids.clone())
+                    .with_data(&invalidated)
+            });
         let mut clear = Vec::with_capacity(invalidated.downlinks.len());
         for d in &invalidated.downlinks {
             let c = self.clear_downlink(&ids, d).await;
@@ -821,11 +1061,12 @@ impl AsCore {
         downlinks: Vec<v3::ApplicationDownlink>,
     ) -> Result<Vec<v3::ApplicationDownlink>, Status> {
         let app = app_of(ids);
-        let record = self
-            .record(app, &ids.device_id)
+        let entry = self
+            .peek_entry(app, &ids.device_id)
             .await
-            .map_err(store_status)?
-            .map(|(r, _)| r);
+            .map_err(store_status)?;
+        let record = entry.as_ref().map(|e| e.record());
+        let record = record.as_ref();
         let mut out = Vec::with_capacity(downlinks.len());
         for (i, mut d) in downlinks.into_iter().enumerate() {
             if let Some(decoded) = d.decoded_payload.take() {
@@ -837,12 +1078,9 @@ impl AsCore {
                         ),
                     ));
                 }
-                let kind = self
-                    .formatter_for(app, record.as_ref(), false)
-                    .await
-                    .map_err(|e| {
-                        self.reject("invalid_formatter", format!("downlinks[{i}]: {e}"))
-                    })?;
+                let kind = self.formatter_for(app, record, false).await.map_err(|e| {
+                    self.reject("invalid_formatter", format!("downlinks[{i}]: {e}"))
+                })?;
                 if kind == FormatterKind::None {
                     return Err(self.reject(
                         "no_formatter",
@@ -929,17 +1167,18 @@ impl AsCore {
         let dev_key = format!("{app}/{}", ids.device_id);
         let lock = self.device_lock(&app, &ids.device_id);
         let _guard = lock.lock().await;
-        let Some((mut record, version)) = self
-            .record(&app, &ids.device_id)
+        let Some(entry) = self
+            .locked_entry(&app, &ids.device_id, &dev_key)
             .await
             .map_err(store_status)?
         else {
             return Err(self.not_found(&ids.device_id));
         };
-        let current = record
+        let stored = entry.record();
+        let current = stored
             .pending_session
             .as_ref()
-            .or(record.session.as_ref())
+            .or(stored.session.as_ref())
             .cloned()
             .ok_or_else(|| self.not_found(&ids.device_id))?;
         let mut target = hint
@@ -958,15 +1197,15 @@ impl AsCore {
                 };
                 (current.session_key_id.clone(), next)
             });
-        let full_ids = record.ids.clone().unwrap_or_else(|| ids.clone());
+        let full_ids = stored.ids.clone().unwrap_or_else(|| ids.clone());
         let linker = self
             .linker
             .get()
             .and_then(Weak::upgrade)
             .ok_or_else(|| Status::unavailable("not linked to the Network Server"))?;
         for _ in 0..MAX_QUEUE_ATTEMPTS {
-            let (session, _) = self
-                .session_for(&full_ids, &mut record.clone(), &target.0, false)
+            let session = self
+                .clear_session(&full_ids, Some(&entry), &target.0)
                 .await
                 .map_err(|e| {
                     AsMetrics::reason(&self.metrics.downlinks_rejected, "no_app_s_key");
@@ -978,7 +1217,7 @@ impl AsCore {
                 .map(|(i, d)| {
                     let f_cnt = target.1.wrapping_add(i as u32);
                     v3::ApplicationDownlink {
-                        session_key_id: session.session_key_id.clone(),
+                        session_key_id: target.0.clone(),
                         f_cnt,
                         frm_payload: crypt(
                             &session.key,
@@ -1015,6 +1254,7 @@ impl AsCore {
                         .expect("next_down")
                         .insert(dev_key.clone(), reported.clone());
                     if let Some(last) = encrypted.last() {
+                        let mut record = stored.clone();
                         for s in [record.session.as_mut(), record.pending_session.as_mut()]
                             .into_iter()
                             .flatten()
@@ -1024,7 +1264,9 @@ impl AsCore {
                             }
                         }
                         // The counter is a hint only (the NS corrects it): losing a race is fine.
-                        let _ = self.save(&record, Some(version)).await;
+                        let _ = self
+                            .save(&dev_key, record, Some(entry.version), Some(&entry))
+                            .await;
                     }
                     self.metrics.downlinks_queued.inc_by(encrypted.len() as u64);
                     for d in &encrypted {
@@ -1095,14 +1337,15 @@ pub(crate) fn store_status(e: StoreError) -> Status {
 
 #[async_trait]
 impl UpHandler for AsCore {
-    async fn handle(&self, up: v3::ApplicationUp) -> anyhow::Result<()> {
+    async fn handle(&self, mut up: v3::ApplicationUp) -> anyhow::Result<()> {
         let Some(ids) = up.end_device_ids.clone() else {
             AsMetrics::reason(&self.metrics.up_dropped, "no_device_ids");
             warn!("message from the Network Server without end_device_ids dropped");
             return Ok(());
         };
         use v3::application_up::Up;
-        match up.up.clone() {
+        // Taken, not cloned: the rest of `up` is all the handlers read of it.
+        match up.up.take() {
             Some(Up::UplinkMessage(u)) => self.handle_uplink(&up, ids, u).await,
             Some(Up::JoinAccept(j)) => self.handle_join(&up, ids, j).await,
             Some(Up::DownlinkQueueInvalidated(i)) => self.handle_invalidated(&up, ids, i).await,

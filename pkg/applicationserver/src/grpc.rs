@@ -213,6 +213,9 @@ impl v3::as_end_device_registry_server::AsEndDeviceRegistry for AsApi {
             }
         }
         let app = app_id(&ids).to_owned();
+        // Under the device's lock, so that the pipeline's cache sees this write in order.
+        let lock = self.core.device_lock(&app, &ids.device_id);
+        let _guard = lock.lock().await;
         let existing = self
             .core
             .store
@@ -285,11 +288,13 @@ impl v3::as_end_device_registry_server::AsEndDeviceRegistry for AsApi {
                 }
             }
         }
-        self.core
-            .store
-            .set_as_device(&record, expect)
-            .await
-            .map_err(store_status)?;
+        match self.core.store.set_as_device(&record, expect).await {
+            Ok(version) => self.core.cache_written(record.clone(), version),
+            Err(e) => {
+                self.core.cache_forget(&app, &ids.device_id);
+                return Err(store_status(e));
+            }
+        }
         Ok(Response::new(v3::EndDevice {
             ids: record.ids.clone(),
             session: record.session.as_ref().map(|s| session_out(s, false)),
@@ -305,11 +310,16 @@ impl v3::as_end_device_registry_server::AsEndDeviceRegistry for AsApi {
         self.ready()?;
         let (ids, entity) = device_ids(Some(request.get_ref()), "end_device_ids")?;
         require(&request, &entity, RIGHT_DEVICES_WRITE).await?;
-        self.core
+        let lock = self.core.device_lock(app_id(&ids), &ids.device_id);
+        let _guard = lock.lock().await;
+        let deleted = self
+            .core
             .store
             .delete_as_device(app_id(&ids), &ids.device_id)
-            .await
-            .map_err(store_status)?;
+            .await;
+        // Forgotten whatever the outcome: the next use reads the store.
+        self.core.cache_forget(app_id(&ids), &ids.device_id);
+        deleted.map_err(store_status)?;
         Ok(Response::new(pbjson_types::Empty {}))
     }
 }

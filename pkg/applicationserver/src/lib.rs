@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod core;
@@ -38,6 +39,7 @@ use tern_events::EventBus;
 use tern_store::Store;
 use tokio::task::JoinHandle;
 
+pub use crate::cache::CacheConfig;
 pub use crate::config::{AsConfig, MqttConfig, Secret};
 pub use crate::core::{AsCore, QueueOp};
 pub use crate::fanout::{AppMessage, Sink, TopicKind};
@@ -122,15 +124,18 @@ impl ApplicationServer {
         let core_store = deps.store.clone();
         let api_keys = deps.api_keys.clone();
         let events = deps.events.clone();
-        let core = Arc::new(AsCore::new(
-            deps.store,
-            deps.events,
-            vault,
-            deps.js,
-            deps.ns.clone(),
-            formatters,
-            fanout.clone(),
-        ));
+        let core = Arc::new(
+            AsCore::new(
+                deps.store,
+                deps.events,
+                vault,
+                deps.js,
+                deps.ns.clone(),
+                formatters,
+                fanout.clone(),
+            )
+            .with_cache(&deps.config.cache),
+        );
         let linker = Arc::new(Linker::with_handler(
             deps.ns,
             deps.config.link.clone(),

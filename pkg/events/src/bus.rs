@@ -2,8 +2,8 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, Weak};
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
@@ -12,7 +12,9 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::config::{DEFAULT_BUFFER, EventsConfig};
+use crate::definitions::{CATALOGUE_NAMES, Definition, EventData};
 use crate::error::EventsError;
+use crate::event::Event;
 use crate::filter::{Compiled, Filter};
 use crate::nats::NatsBus;
 
@@ -41,8 +43,14 @@ enum Backend {
 /// Counters of a bus since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Events handed to [`EventBus::publish`].
+    /// Events built and handed to [`EventBus::publish`] (directly, or by
+    /// [`EventBus::publish_with`] when someone could receive them). An event published on an
+    /// in-process bus counts even if no subscription matches it in the end (e.g. because of
+    /// its entities).
     pub published: u64,
+    /// Events [`EventBus::publish_with`] did not even build, because no subscription of an
+    /// in-process bus could match their name: nobody could have received them.
+    pub skipped: u64,
     /// Events lost before reaching any subscriber: the NATS publish queue was full, or an
     /// event could not be sent to or read from NATS.
     pub dropped: u64,
@@ -54,6 +62,7 @@ pub struct Stats {
 #[derive(Default)]
 pub(crate) struct Counters {
     published: AtomicU64,
+    skipped: AtomicU64,
     pub(crate) dropped: AtomicU64,
     lagged: AtomicU64,
 }
@@ -121,6 +130,60 @@ impl EventBus {
         }
     }
 
+    /// Whether an event of `definition` could reach anyone: with NATS always (subscribers
+    /// in other processes are unknown here); in-process, whether some subscription's name
+    /// patterns match its name (entities are not considered). Cheap enough for every
+    /// uplink: for catalogued definitions one atomic load, no lock, no allocation.
+    ///
+    /// A subscription made after this returned false only receives later events anyway.
+    pub fn wants<M>(&self, definition: &Definition<M>) -> bool {
+        match &self.inner.backend {
+            Backend::Local(hub) => hub.wants(definition.index(), definition.name()),
+            Backend::Nats(_) => true,
+        }
+    }
+
+    /// Publishes an event of `definition`, built by `build` from [`Event::new`], when
+    /// [`wants`](Self::wants) says someone could receive it; otherwise builds nothing (no
+    /// ULID, no clock, no data conversion) and counts it in [`Stats::skipped`].
+    /// Subscribers see exactly what `publish(build(Event::new(definition)))` gives them.
+    ///
+    /// ```
+    /// use tern_api::v3;
+    /// use tern_events::{EventBus, definitions::NS_UP_DATA_RECEIVE};
+    ///
+    /// let bus = EventBus::in_process(8);
+    /// let up = v3::UplinkMessage::default();
+    /// bus.publish_with(&NS_UP_DATA_RECEIVE, |e| e.with_data(&up));
+    /// assert_eq!(bus.stats().skipped, 1);
+    /// ```
+    pub fn publish_with<M: EventData>(
+        &self,
+        definition: &Definition<M>,
+        build: impl FnOnce(Event<M>) -> Event<M>,
+    ) {
+        if let Some(event) = self.prepare(definition, build) {
+            self.publish(event);
+        }
+    }
+
+    /// Like [`publish_with`](Self::publish_with), for an event to publish later (e.g. once
+    /// its data is no longer at hand, or once a write succeeded): the event `build` makes
+    /// from [`Event::new`] if [`wants`](Self::wants) says someone could receive it; `None`,
+    /// counted in [`Stats::skipped`], otherwise.
+    pub fn prepare<M: EventData>(
+        &self,
+        definition: &Definition<M>,
+        build: impl FnOnce(Event<M>) -> Event<M>,
+    ) -> Option<Event<M>> {
+        if self.wants(definition) {
+            Some(build(Event::new(definition)))
+        } else {
+            self.inner.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+
     /// Subscribes to the events that pass `filter`, from now on: every matching event
     /// published after this returns (by any process, with NATS) is delivered.
     pub async fn subscribe(&self, filter: Filter) -> Result<Subscription, EventsError> {
@@ -169,6 +232,7 @@ impl EventBus {
         let c = &self.inner.counters;
         Stats {
             published: c.published.load(Ordering::Relaxed),
+            skipped: c.skipped.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
             lagged: c.lagged.load(Ordering::Relaxed),
         }
@@ -234,28 +298,88 @@ impl Slot {
     }
 }
 
+type Subscribers = Vec<(u64, Compiled, Slot)>;
+
 /// The in-process fan-out: every subscription's filter and queue.
-#[derive(Default)]
 struct Hub {
     next_id: AtomicU64,
-    subscribers: RwLock<Vec<(u64, Compiled, Slot)>>,
+    subscribers: RwLock<Subscribers>,
+    /// Bit `i` (word `i / 64`): some subscription's name patterns match
+    /// `CATALOGUE_NAMES[i]`. Rewritten under the write lock of `subscribers` whenever a
+    /// subscription comes or goes, so that [`Hub::wants`] is one load, without the lock.
+    wanted: Box<[AtomicU64]>,
+    /// How many subscriptions there are, for definitions outside the catalogue.
+    count: AtomicUsize,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            next_id: AtomicU64::new(0),
+            subscribers: RwLock::default(),
+            wanted: (0..CATALOGUE_NAMES.len().div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            count: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl Hub {
     fn add(&self, filter: Compiled, slot: Slot) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.subscribers
+        let mut subscribers = self
+            .subscribers
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((id, filter, slot));
+            .unwrap_or_else(PoisonError::into_inner);
+        subscribers.push((id, filter, slot));
+        // Before `subscribe` returns: every later event of a matching name is wanted.
+        self.refresh(&subscribers);
         id
     }
 
     fn remove(&self, id: u64) {
-        self.subscribers
+        let mut subscribers = self
+            .subscribers
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|(i, _, _)| *i != id);
+            .unwrap_or_else(PoisonError::into_inner);
+        subscribers.retain(|(i, _, _)| *i != id);
+        self.refresh(&subscribers);
+    }
+
+    /// Recomputes `wanted` and `count` from `subscribers` (held under the write lock, so
+    /// that concurrent changes cannot store an older picture last).
+    fn refresh(&self, subscribers: &Subscribers) {
+        for (w, word) in self.wanted.iter().enumerate() {
+            let mut bits = 0u64;
+            for (b, name) in CATALOGUE_NAMES.iter().enumerate().skip(w * 64).take(64) {
+                if subscribers.iter().any(|(_, f, _)| f.names_match(name)) {
+                    bits |= 1 << (b % 64);
+                }
+            }
+            word.store(bits, Ordering::Release);
+        }
+        self.count.store(subscribers.len(), Ordering::Release);
+    }
+
+    /// Whether a subscription's name patterns match the event `name` (at catalogue
+    /// position `index`, if any).
+    fn wants(&self, index: Option<usize>, name: &str) -> bool {
+        // A definition made with `Definition::new` may still carry a catalogued name (the
+        // NS's MAC command events do).
+        match index.or_else(|| catalogue_index(name)) {
+            Some(i) => self.wanted[i / 64].load(Ordering::Acquire) & (1 << (i % 64)) != 0,
+            // A name outside the catalogue: ask the filters.
+            None => {
+                self.count.load(Ordering::Acquire) > 0
+                    && self
+                        .subscribers
+                        .read()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .iter()
+                        .any(|(_, f, _)| f.names_match(name))
+            }
+        }
     }
 
     fn dispatch(&self, event: &Arc<v3::Event>) {
@@ -269,6 +393,20 @@ impl Hub {
             }
         }
     }
+}
+
+/// The position of `name` in the catalogue, by binary search over a sorted copy.
+fn catalogue_index(name: &str) -> Option<usize> {
+    static SORTED: OnceLock<Vec<(&'static str, usize)>> = OnceLock::new();
+    let sorted = SORTED.get_or_init(|| {
+        let mut v: Vec<_> = CATALOGUE_NAMES.iter().copied().zip(0..).collect();
+        v.sort_unstable();
+        v
+    });
+    sorted
+        .binary_search_by(|(n, _)| (*n).cmp(name))
+        .ok()
+        .map(|i| sorted[i].1)
 }
 
 /// Ends a subscription's feed when the subscription is dropped.

@@ -74,6 +74,10 @@ impl EventData for Fields {
 pub struct Definition<M = NoData> {
     name: &'static str,
     description: &'static str,
+    /// Position in the catalogue, [`UNINDEXED`] for definitions made outside it: the bus
+    /// answers [`EventBus::wants`](crate::EventBus::wants) for catalogued events from one
+    /// bit, without looking at the subscriptions.
+    index: u16,
     // `fn() -> M`: the definition neither owns nor borrows an M, and stays Send + Sync.
     data: PhantomData<fn() -> M>,
 }
@@ -81,10 +85,24 @@ pub struct Definition<M = NoData> {
 impl<M> Definition<M> {
     /// Defines an event. `name` is dotted, role first; `description` is one sentence.
     pub const fn new(name: &'static str, description: &'static str) -> Self {
+        Self::indexed(name, description, UNINDEXED)
+    }
+
+    const fn indexed(name: &'static str, description: &'static str, index: u16) -> Self {
         Self {
             name,
             description,
+            index,
             data: PhantomData,
+        }
+    }
+
+    /// The position of the definition in [`CATALOGUE_NAMES`], if it is catalogued.
+    pub(crate) const fn index(&self) -> Option<usize> {
+        if self.index == UNINDEXED {
+            None
+        } else {
+            Some(self.index as usize)
         }
     }
 
@@ -149,12 +167,26 @@ pub fn lookup(name: &str) -> Option<DefinitionInfo> {
     catalogue().into_iter().find(|d| d.name == name)
 }
 
+/// The index of a definition made with [`Definition::new`], outside the catalogue.
+const UNINDEXED: u16 = u16::MAX;
+
 macro_rules! catalogue {
     ($($ident:ident: $data:ty = $name:literal, $description:literal;)*) => {
+        /// The catalogue positions, one variant per definition, in catalogue order.
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+        enum Index {
+            $($ident,)*
+        }
+
         $(
             #[doc = concat!("`", $name, "`: ", $description)]
-            pub const $ident: Definition<$data> = Definition::new($name, $description);
+            pub const $ident: Definition<$data> =
+                Definition::indexed($name, $description, Index::$ident as u16);
         )*
+
+        /// The names of the catalogue, at the index of their definition.
+        pub(crate) const CATALOGUE_NAMES: &[&str] = &[$($name),*];
+        const _: () = assert!(CATALOGUE_NAMES.len() < UNINDEXED as usize);
 
         /// Every event Tern emits, grouped by role.
         pub fn catalogue() -> Vec<DefinitionInfo> {

@@ -151,7 +151,8 @@ pub(crate) struct Compiled {
 }
 
 impl Compiled {
-    fn names_match(&self, name: &str) -> bool {
+    /// Whether an event called `name` can pass (entities aside).
+    pub(crate) fn names_match(&self, name: &str) -> bool {
         self.names.is_empty() || self.names.iter().any(|p| glob_match(p, name))
     }
 

@@ -191,6 +191,7 @@ async fn filters_select_by_entity_and_name() {
         bus.stats(),
         Stats {
             published: 6,
+            skipped: 0,
             dropped: 0,
             lagged: 0
         }

@@ -451,6 +451,26 @@ async fn slow_subscriber_lags_over_nats() {
     assert_eq!(bus.stats().published, 50);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_always_wants_events() {
+    // Subscribers in other processes are unknown to this one: every event is wanted.
+    let server = NatsServer::start();
+    let bus = connect(&server.url, Encoding::Json).await;
+    assert!(bus.wants(&definitions::NS_UP_DATA_RECEIVE));
+    let other_bus = connect(&server.url, Encoding::Json).await;
+    let mut other = other_bus
+        .subscribe(Filter::all().name("ns.up.*"))
+        .await
+        .unwrap();
+    bus.publish_with(&definitions::NS_UP_DATA_RECEIVE, |e| {
+        e.with_identifiers([device("app-1", "dev-1")])
+    });
+    bus.flush().await.unwrap();
+    assert_eq!(next(&mut other).await.name, "ns.up.data.receive");
+    let stats = bus.stats();
+    assert_eq!((stats.published, stats.skipped), (1, 0));
+}
+
 #[tokio::test]
 async fn unreachable_nats_fails_naming_the_url() {
     let url = format!("nats://user:s3cret@127.0.0.1:{}", free_port());

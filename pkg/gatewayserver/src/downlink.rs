@@ -99,12 +99,11 @@ pub(crate) async fn schedule(
         match try_path(shared, &msg, req, path, rx1, rx2, plan_override, now).await {
             Ok(mut scheduled) => {
                 scheduled.path_index = i as u32;
-                shared.events.publish(
-                    Event::new(&definitions::GS_DOWN_SEND)
-                        .with_identifiers(scheduled.gateway_ids.iter())
+                shared.events.publish_with(&definitions::GS_DOWN_SEND, |e| {
+                    e.with_identifiers(scheduled.gateway_ids.iter())
                         .with_correlation_ids(msg.correlation_ids.iter().cloned())
-                        .with_data(&msg),
-                );
+                        .with_data(&msg)
+                });
                 return Ok(v3::ScheduleDownlinkResponse {
                     result: Some(v3::schedule_downlink_response::Result::Scheduled(scheduled)),
                 });

@@ -408,17 +408,15 @@ impl Shared {
                 ("reason", reason.as_str().to_owned()),
             ])
             .inc();
-        let details = v3::ErrorDetails {
-            code: 3,
-            name: reason.as_str().to_owned(),
-            message: format!("uplink dropped: {}", reason.as_str()),
-            ..Default::default()
-        };
-        self.events.publish(
-            Event::new(&definitions::GS_UP_DROP)
-                .with_identifiers([&conn.ids])
-                .with_data(&details),
-        );
+        self.events.publish_with(&definitions::GS_UP_DROP, |e| {
+            let details = v3::ErrorDetails {
+                code: 3,
+                name: reason.as_str().to_owned(),
+                message: format!("uplink dropped: {}", reason.as_str()),
+                ..Default::default()
+            };
+            e.with_identifiers([&conn.ids]).with_data(&details)
+        });
     }
 
     /// The registered gateway of `eui`, or an unregistered stand-in when allowed.
@@ -608,12 +606,11 @@ impl Shared {
             .uplink_received
             .get_or_create(&self.labels(conn.protocol, &conn.ids.gateway_id))
             .inc();
-        self.events.publish(
-            Event::new(&definitions::GS_UP_RECEIVE)
-                .with_identifiers([&conn.ids])
+        self.events.publish_with(&definitions::GS_UP_RECEIVE, |e| {
+            e.with_identifiers([&conn.ids])
                 .with_correlation_ids(up.correlation_ids.iter().cloned())
-                .with_data(&up),
-        );
+                .with_data(&up)
+        });
         if let Err(status) = self.ns.handle_uplink(up).await {
             self.drop_uplink(conn, DropReason::NsUnavailable);
             tracing::warn!(gateway_id = %conn.ids.gateway_id, %status,
@@ -656,12 +653,11 @@ impl Shared {
         } else {
             &definitions::GS_DOWN_TX_FAIL
         };
-        self.events.publish(
-            Event::new(definition)
-                .with_identifiers([&conn.ids])
+        self.events.publish_with(definition, |e| {
+            e.with_identifiers([&conn.ids])
                 .with_correlation_ids(ack.correlation_ids.iter().cloned())
-                .with_data(&ack),
-        );
+                .with_data(&ack)
+        });
         if let Err(status) = self.ns.report_tx_ack(ack).await {
             tracing::warn!(gateway_id = %conn.ids.gateway_id, %status,
                 "gs: the Network Server did not take a TX acknowledgment");
@@ -710,11 +706,10 @@ impl Shared {
             .status_received
             .get_or_create(&self.labels(conn.protocol, &conn.ids.gateway_id))
             .inc();
-        self.events.publish(
-            Event::new(&definitions::GS_STATUS_RECEIVE)
-                .with_identifiers([&conn.ids])
-                .with_data(&status),
-        );
+        self.events
+            .publish_with(&definitions::GS_STATUS_RECEIVE, |e| {
+                e.with_identifiers([&conn.ids]).with_data(&status)
+            });
     }
 
     /// Updates the RTT gauge of a gateway.
