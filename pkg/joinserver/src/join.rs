@@ -9,7 +9,7 @@ use lorawan::{Aes128Key, DevAddr, DevNonce, Eui64, JoinNonce, NetId, PhyPayload}
 use prost::Message;
 use tern_api::convert;
 use tern_api::v3;
-use tern_events::{CorrelationIds, Event, definitions};
+use tern_events::{CorrelationIds, definitions};
 use tern_store::kv::{Batch, Expect, Table};
 use tern_store::{DevNonceMode, JoinStore, JsDeviceRecord, SessionKeysRecord, StoreError};
 use tracing::Instrument;
@@ -216,13 +216,14 @@ impl Inner {
             Ok(accepted) => {
                 self.metrics.join("accepted");
                 tracing::debug!(correlation_ids = ?cids.as_slice(), "join accepted");
-                let mut event = Event::new(&definitions::JS_JOIN_ACCEPT)
-                    .with_data(&req)
-                    .with_correlation_ids(cids.as_slice().iter().cloned());
-                if let Some(ids) = &accepted.ids {
-                    event = event.with_identifiers([ids]);
-                }
-                self.events.publish(event);
+                // Built (JSON of the request) only when someone may receive it.
+                self.events
+                    .publish_with(&definitions::JS_JOIN_ACCEPT, |event| {
+                        event
+                            .with_data(&req)
+                            .with_correlation_ids(cids.as_slice().iter().cloned())
+                            .with_identifiers(accepted.ids.as_ref())
+                    });
                 Ok(accepted.response)
             }
             Err(refused) => {
@@ -236,13 +237,13 @@ impl Inner {
                     attributes: Default::default(),
                     correlation_ids: cids.as_slice().to_vec(),
                 };
-                let mut event = Event::new(&definitions::JS_JOIN_REJECT)
-                    .with_data(&details)
-                    .with_correlation_ids(cids.as_slice().iter().cloned());
-                if let Some(ids) = &refused.ids {
-                    event = event.with_identifiers([ids]);
-                }
-                self.events.publish(event);
+                self.events
+                    .publish_with(&definitions::JS_JOIN_REJECT, |event| {
+                        event
+                            .with_data(&details)
+                            .with_correlation_ids(cids.as_slice().iter().cloned())
+                            .with_identifiers(refused.ids.as_ref())
+                    });
                 Err(e.into())
             }
         }
@@ -397,7 +398,7 @@ impl Inner {
                 || matches!(selected, v3::MacVersion::MacV11 | v3::MacVersion::Unknown));
 
         // 1. The MIC of the request.
-        match kind {
+        let join_nonce = match kind {
             Kind::Join { dev_nonce } => {
                 let (key, name) = if device_1_1 {
                     (root.nwk_key.ok_or_else(|| missing("NwkKey"))?, "NwkKey")
@@ -410,15 +411,18 @@ impl Inner {
                         key: name,
                     });
                 }
-                // 2. The DevNonce, checked and recorded atomically.
+                // 2-3. The DevNonce, checked and recorded, and a fresh JoinNonce: one
+                // atomic write, durable before either is used.
                 let mode = if device_1_1 {
                     DevNonceMode::StrictlyIncreasing
                 } else {
                     DevNonceMode::NeverReused
                 };
-                self.store
-                    .check_and_record_dev_nonce(join_eui, dev_eui, dev_nonce, mode)
-                    .await?;
+                Some(
+                    self.store
+                        .accept_dev_nonce(join_eui, dev_eui, dev_nonce, mode)
+                        .await?,
+                )
             }
             Kind::Rejoin {
                 rejoin_type,
@@ -469,11 +473,14 @@ impl Inner {
                 };
                 self.check_rejoin_count(dev_eui, rejoin_type, rj_count, session.as_deref())
                     .await?;
+                None
             }
-        }
-
+        };
         // 3. A fresh JoinNonce, persisted before it is used.
-        let join_nonce = self.store.next_join_nonce(join_eui, dev_eui).await?;
+        let join_nonce = match join_nonce {
+            Some(n) => n,
+            None => self.store.next_join_nonce(join_eui, dev_eui).await?,
+        };
         let nonce = kind.nonce();
 
         // 4. Session keys, and the join-accept's MIC and encryption keys.
@@ -529,22 +536,23 @@ impl Inner {
 
         // 6. The session's keys, sealed, under a fresh session key ID.
         let session_key_id = ulid::Ulid::new().to_bytes().to_vec();
-        self.store
-            .set_session_keys(&SessionKeysRecord {
-                session_key_id: session_key_id.clone(),
-                join_eui: join_eui.to_be_bytes().to_vec(),
-                dev_eui: dev_eui.to_be_bytes().to_vec(),
-                wrapped_keys: seal::seal_session_keys(
-                    &self.config.root_kek,
-                    &keys,
-                    join_eui,
-                    dev_eui,
-                ),
-            })
-            .await?;
+        let sealed = SessionKeysRecord {
+            session_key_id: session_key_id.clone(),
+            join_eui: join_eui.to_be_bytes().to_vec(),
+            dev_eui: dev_eui.to_be_bytes().to_vec(),
+            wrapped_keys: seal::seal_session_keys(&self.config.root_kek, &keys, join_eui, dev_eui),
+        };
+        let store_keys = self.store.set_session_keys(&sealed);
         if opt_neg {
-            self.record_session(join_eui, dev_eui, &session_key_id)
-                .await?;
+            // Independent writes: together they can share one group commit.
+            let (stored, recorded) = tokio::join!(
+                store_keys,
+                self.record_session(join_eui, dev_eui, &session_key_id)
+            );
+            stored?;
+            recorded?;
+        } else {
+            store_keys.await?;
         }
 
         Ok(v3::JoinResponse {
@@ -620,7 +628,8 @@ impl Inner {
                 expect,
                 Vec::new(),
             );
-            match self.store.commit(batch).await {
+            // Grouped with other joins' writes; durable when it returns.
+            match self.store.commit_grouped(batch).await {
                 Ok(_) => return Ok(()),
                 Err(e) if e.is_conflict() || e.is_already_exists() => continue,
                 Err(e) => return Err(e.into()),

@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 /// adr-margin = 15.0
 /// max-downlink-retries = 3
 /// f-opts-counter-variant = "original-1-1"
+/// join-concurrency = 64
+/// join-accept-margin = "200ms"
 /// [network-server.link]
 /// outbox-limit = 10000
 /// [network-server.key-encryption-keys]
@@ -56,6 +58,15 @@ pub struct NsConfig {
     /// `"original-1-1"` (the default, what this NS always did, so that registered devices
     /// keep working).
     pub f_opts_counter_variant: FOptsVariant,
+    /// Join-requests processed at once (Join Server call and store writes); the others wait
+    /// their turn in arrival order, so that under a burst the first are answered in time
+    /// instead of all of them late.
+    pub join_concurrency: usize,
+    /// How long before its receive window opens a join-accept must be ready to go to the
+    /// Gateway Server. A join-request that cannot make RX2 with this margin is dropped
+    /// (`too_late`); one that cannot make RX1 is answered in RX2 only.
+    #[serde(with = "humantime_serde")]
+    pub join_accept_margin: Duration,
 }
 
 /// The FOpts encryption block layout of a LoRaWAN 1.1 device (the 1.1 errata changed it).
@@ -85,6 +96,8 @@ impl Default for NsConfig {
             link: NsLinkConfig::default(),
             key_encryption_keys: BTreeMap::new(),
             f_opts_counter_variant: FOptsVariant::default(),
+            join_concurrency: 64,
+            join_accept_margin: Duration::from_millis(200),
         }
     }
 }
@@ -161,6 +174,16 @@ impl NsConfig {
         }
         if self.dedup_window.is_zero() {
             return Err("dedup-window: must be above zero".to_owned());
+        }
+        if self.join_concurrency == 0 {
+            return Err("join-concurrency: must be at least 1".to_owned());
+        }
+        if self.join_accept_margin >= band::JOIN_ACCEPT_DELAY1 {
+            return Err(format!(
+                "join-accept-margin: {:?} leaves no time to answer before RX1 ({} s)",
+                self.join_accept_margin,
+                band::JOIN_ACCEPT_DELAY1.as_secs()
+            ));
         }
         if self.link.outbox_limit == 0 {
             return Err("link.outbox-limit: must be at least 1".to_owned());

@@ -2,12 +2,17 @@
 //! pending sessions) and by `application_id/device_id`, so that matching an uplink is one
 //! hash lookup plus the MICs. Sharded, so that no lock is global on the hot path.
 //!
+//! Each device is held packed ([`PackedDevice`]: the record encoded, the session keys in
+//! clear) and decoded by its lock: a decoded record costs several times its encoding, and
+//! the table holds every device with a session (`examples/memory.rs` measures it).
+//!
 //! Several Network Servers may share one store: the table is then a cache that `shared`
 //! fills on a miss and refreshes when another instance moved a device on.
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -444,16 +449,236 @@ impl Device {
     }
 }
 
-/// A device behind its lock: one writer at a time, across the awaits of the pipeline.
-pub type Slot = Arc<tokio::sync::Mutex<Device>>;
+/// The network keys of a session as the table keeps them: 1.0.x sessions (one key for all
+/// three uses) hold one key.
+#[derive(Clone)]
+struct PackedSession {
+    dev_addr: DevAddr,
+    f_nwk_s_int_key: Aes128Key,
+    /// SNwkSIntKey and NwkSEncKey of a 1.1 session.
+    v1_1: Option<Box<[Aes128Key; 2]>>,
+    session_key_id: Box<[u8]>,
+}
 
-type AddrShard = RwLock<HashMap<DevAddr, Vec<(String, Slot)>>>;
+impl PackedSession {
+    fn pack(s: &SessionCtx) -> Self {
+        let same = s.s_nwk_s_int_key == s.f_nwk_s_int_key && s.nwk_s_enc_key == s.f_nwk_s_int_key;
+        Self {
+            dev_addr: s.dev_addr,
+            f_nwk_s_int_key: s.f_nwk_s_int_key,
+            // A 1.0.x session always has one key; a 1.1 one keeps its flag even with equal keys.
+            v1_1: (s.v1_1 || !same).then(|| Box::new([s.s_nwk_s_int_key, s.nwk_s_enc_key])),
+            session_key_id: s.session_key_id.clone().into_boxed_slice(),
+        }
+    }
+
+    fn unpack(&self, v1_1: bool) -> SessionCtx {
+        let (s, e) = match self.v1_1.as_deref() {
+            Some([s, e]) => (*s, *e),
+            None => (self.f_nwk_s_int_key, self.f_nwk_s_int_key),
+        };
+        SessionCtx {
+            dev_addr: self.dev_addr,
+            f_nwk_s_int_key: self.f_nwk_s_int_key,
+            s_nwk_s_int_key: s,
+            nwk_s_enc_key: e,
+            v1_1,
+            session_key_id: self.session_key_id.to_vec(),
+        }
+    }
+}
+
+/// A device as the table holds it between locks: the record encoded (a decoded `EndDevice`
+/// with its sessions and MAC state costs several times its encoding), the keys in clear so
+/// that a lock decodes but never unwraps.
+pub struct PackedDevice {
+    /// The encoded `NsDeviceRecord`, `state` included.
+    record: Box<[u8]>,
+    /// `Device::state` encoded when it is not `record.state` (a change not written yet).
+    state: Option<Box<[u8]>>,
+    version: u64,
+    /// Bit 0: current session is 1.1; bit 1: pending session is 1.1.
+    v1_1: u8,
+    current: Option<PackedSession>,
+    pending: Option<Box<PackedSession>>,
+}
+
+impl PackedDevice {
+    /// Packs a device (exact: [`PackedDevice::unpack`] gives it back).
+    pub fn pack(d: &Device) -> Self {
+        let state = d.state.encode_to_vec();
+        let state = (state != d.record.state).then(|| state.into_boxed_slice());
+        let flag = |s: &Option<SessionCtx>, bit: u8| {
+            if s.as_ref().is_some_and(|s| s.v1_1) {
+                bit
+            } else {
+                0
+            }
+        };
+        Self {
+            record: d.record.encode_to_vec().into_boxed_slice(),
+            state,
+            version: d.version,
+            v1_1: flag(&d.current, 1) | flag(&d.pending, 2),
+            current: d.current.as_ref().map(PackedSession::pack),
+            pending: d.pending.as_ref().map(|s| Box::new(PackedSession::pack(s))),
+        }
+    }
+
+    /// The device (a few microseconds: one record decode).
+    pub fn unpack(&self) -> Device {
+        // Both encodings were made by `pack` from decoded values: they decode.
+        let record =
+            NsDeviceRecord::decode(&*self.record).expect("a packed NS device record decodes");
+        let state = NsState::decode(self.state.as_deref().unwrap_or(record.state.as_slice()))
+            .expect("a packed NS state decodes");
+        Device {
+            version: self.version,
+            state,
+            current: self.current.as_ref().map(|s| s.unpack(self.v1_1 & 1 != 0)),
+            pending: self.pending.as_ref().map(|s| s.unpack(self.v1_1 & 2 != 0)),
+            record,
+        }
+    }
+
+    /// Heap and inline bytes this packed device holds (without allocator overhead).
+    pub fn size(&self) -> usize {
+        let session =
+            |s: &PackedSession| s.session_key_id.len() + s.v1_1.as_ref().map_or(0, |_| 32);
+        std::mem::size_of::<Self>()
+            + self.record.len()
+            + self.state.as_ref().map_or(0, |s| s.len())
+            + self.current.as_ref().map_or(0, session)
+            + self
+                .pending
+                .as_ref()
+                .map_or(0, |s| std::mem::size_of::<PackedSession>() + session(s))
+    }
+}
+
+/// A locked device: the decoded device, packed again when the lock is released if it was
+/// changed (`DerefMut`).
+pub struct DeviceGuard<G: DerefMut<Target = PackedDevice>> {
+    packed: G,
+    device: Device,
+    dirty: bool,
+}
+
+impl<G: DerefMut<Target = PackedDevice>> DeviceGuard<G> {
+    fn new(packed: G) -> Self {
+        let device = packed.unpack();
+        Self {
+            packed,
+            device,
+            dirty: false,
+        }
+    }
+}
+
+impl<G: DerefMut<Target = PackedDevice>> Deref for DeviceGuard<G> {
+    type Target = Device;
+    fn deref(&self) -> &Device {
+        &self.device
+    }
+}
+
+impl<G: DerefMut<Target = PackedDevice>> DerefMut for DeviceGuard<G> {
+    fn deref_mut(&mut self) -> &mut Device {
+        self.dirty = true;
+        &mut self.device
+    }
+}
+
+impl<G: DerefMut<Target = PackedDevice>> Drop for DeviceGuard<G> {
+    fn drop(&mut self) {
+        if self.dirty {
+            *self.packed = PackedDevice::pack(&self.device);
+        }
+    }
+}
+
+/// A device behind its lock: one writer at a time, across the awaits of the pipeline. The
+/// device is kept packed; a lock unpacks it.
+#[derive(Clone)]
+pub struct Slot(Arc<tokio::sync::Mutex<PackedDevice>>);
+
+impl Slot {
+    /// A slot holding `device`.
+    pub fn new(device: &Device) -> Self {
+        Self(Arc::new(tokio::sync::Mutex::new(PackedDevice::pack(
+            device,
+        ))))
+    }
+
+    /// Locks the device.
+    pub async fn lock(&self) -> DeviceGuard<tokio::sync::MutexGuard<'_, PackedDevice>> {
+        DeviceGuard::new(self.0.lock().await)
+    }
+
+    /// Locks the device, the guard owning the slot.
+    pub async fn lock_owned(self) -> DeviceGuard<tokio::sync::OwnedMutexGuard<PackedDevice>> {
+        DeviceGuard::new(self.0.lock_owned().await)
+    }
+
+    /// Locks the device if no one holds it.
+    pub fn try_lock(&self) -> Option<DeviceGuard<tokio::sync::MutexGuard<'_, PackedDevice>>> {
+        self.0.try_lock().ok().map(DeviceGuard::new)
+    }
+
+    /// Whether both are the same slot.
+    pub fn ptr_eq(a: &Slot, b: &Slot) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+}
+
+/// The slots of one DevAddr: nearly always one, without a `Vec` for it.
+enum AddrSlots {
+    One(Slot),
+    Many(Vec<Slot>),
+}
+
+impl AddrSlots {
+    fn as_slice(&self) -> &[Slot] {
+        match self {
+            AddrSlots::One(s) => std::slice::from_ref(s),
+            AddrSlots::Many(v) => v,
+        }
+    }
+
+    fn push(&mut self, slot: Slot) {
+        match self {
+            AddrSlots::One(s) => *self = AddrSlots::Many(vec![s.clone(), slot]),
+            AddrSlots::Many(v) => v.push(slot),
+        }
+    }
+
+    /// Removes `slot`; true when none is left.
+    fn remove(&mut self, slot: &Slot) -> bool {
+        match self {
+            AddrSlots::One(s) => Slot::ptr_eq(s, slot),
+            AddrSlots::Many(v) => {
+                v.retain(|s| !Slot::ptr_eq(s, slot));
+                match v.len() {
+                    0 => true,
+                    1 => {
+                        *self = AddrSlots::One(v[0].clone());
+                        false
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
+type AddrShard = RwLock<HashMap<DevAddr, AddrSlots>>;
+type KeyShard = RwLock<HashMap<Box<str>, Slot>>;
 
 /// The device table.
 pub struct Devices {
     hasher: RandomState,
     by_addr: Box<[AddrShard]>,
-    by_key: Box<[RwLock<HashMap<String, Slot>>]>,
+    by_key: Box<[KeyShard]>,
     /// DevAddrs the shared store recently had no device for: a flood of unknown DevAddrs
     /// costs one store read per DevAddr and period, not one per frame.
     unknown: RecentSet,
@@ -578,7 +803,7 @@ impl Devices {
         &self.by_addr[a.to_u32() as usize % SHARDS]
     }
 
-    fn key_shard(&self, key: &str) -> &RwLock<HashMap<String, Slot>> {
+    fn key_shard(&self, key: &str) -> &KeyShard {
         &self.by_key[self.hasher.hash_one(key) as usize % SHARDS]
     }
 
@@ -588,7 +813,7 @@ impl Devices {
             .read()
             .expect("device index lock")
             .get(&addr)
-            .map(|v| v.iter().map(|(_, s)| s.clone()).collect())
+            .map(|v| v.as_slice().to_vec())
             .unwrap_or_default()
     }
 
@@ -607,34 +832,37 @@ impl Devices {
         let addrs = device.dev_addrs();
         let slot = {
             let mut shard = self.key_shard(&key).write().expect("device index lock");
-            if let Some(s) = shard.get(&key) {
+            if let Some(s) = shard.get(key.as_str()) {
                 return s.clone();
             }
-            let slot: Slot = Arc::new(tokio::sync::Mutex::new(device));
-            shard.insert(key.clone(), slot.clone());
+            let slot = Slot::new(&device);
+            shard.insert(key.as_str().into(), slot.clone());
             slot
         };
         self.reindex(&key, &[], &addrs, &slot);
         slot
     }
 
-    /// Moves a device's DevAddr entries from `old` to `new`.
-    pub fn reindex(&self, key: &str, old: &[DevAddr], new: &[DevAddr], slot: &Slot) {
+    /// Moves the DevAddr entries of `slot` from `old` to `new`. DevAddr entries name their
+    /// device by slot, so that its key is held once; `_key` is the device's key.
+    pub fn reindex(&self, _key: &str, old: &[DevAddr], new: &[DevAddr], slot: &Slot) {
         for a in old.iter().filter(|a| !new.contains(a)) {
             let mut shard = self.addr_shard(*a).write().expect("device index lock");
-            if let Some(v) = shard.get_mut(a) {
-                v.retain(|(k, _)| k != key);
-                if v.is_empty() {
-                    shard.remove(a);
-                }
+            if let Some(v) = shard.get_mut(a)
+                && v.remove(slot)
+            {
+                shard.remove(a);
             }
         }
         for a in new.iter().filter(|a| !old.contains(a)) {
             self.unknown.remove(*a);
             let mut shard = self.addr_shard(*a).write().expect("device index lock");
-            let v = shard.entry(*a).or_default();
-            if !v.iter().any(|(k, _)| k == key) {
-                v.push((key.to_owned(), slot.clone()));
+            match shard.get_mut(a) {
+                Some(v) if v.as_slice().iter().any(|s| Slot::ptr_eq(s, slot)) => {}
+                Some(v) => v.push(slot.clone()),
+                None => {
+                    shard.insert(*a, AddrSlots::One(slot.clone()));
+                }
             }
         }
     }
@@ -668,4 +896,143 @@ impl Devices {
 /// The MType of a data uplink, if it is one.
 pub fn is_data_up(m: MType) -> bool {
     matches!(m, MType::UnconfirmedDataUp | MType::ConfirmedDataUp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(b: u8) -> Aes128Key {
+        Aes128Key([b; 16])
+    }
+
+    fn session(addr: u32, v1_1: bool) -> SessionCtx {
+        SessionCtx {
+            dev_addr: DevAddr::from_u32(addr),
+            f_nwk_s_int_key: key(1),
+            s_nwk_s_int_key: if v1_1 { key(2) } else { key(1) },
+            nwk_s_enc_key: if v1_1 { key(3) } else { key(1) },
+            v1_1,
+            session_key_id: if v1_1 { vec![9, 8, 7] } else { Vec::new() },
+        }
+    }
+
+    fn device(id: &str, addr: u32) -> Device {
+        let state = NsState {
+            f_cnt_up_seen: true,
+            next_n_f_cnt_down: 7,
+            last_uplink_tokens: vec![vec![1; 24], vec![2; 24]],
+            mac: vec![1, 2, 3],
+            ..Default::default()
+        };
+        Device {
+            record: NsDeviceRecord {
+                device: Some(v3::EndDevice {
+                    ids: Some(v3::EndDeviceIdentifiers::new("app", id)),
+                    lorawan_version: v3::MacVersion::MacV103 as i32,
+                    session: Some(v3::Session {
+                        dev_addr: addr.to_be_bytes().to_vec(),
+                        last_f_cnt_up: 41,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                pending_session: None,
+                state: state.encode_to_vec(),
+            },
+            version: 5,
+            state,
+            current: Some(session(addr, false)),
+            pending: None,
+        }
+    }
+
+    fn assert_same(a: &Device, b: &Device) {
+        assert_eq!(a.record, b.record);
+        assert_eq!(a.version, b.version);
+        assert_eq!(a.state, b.state);
+        assert_eq!(a.current, b.current);
+        assert_eq!(a.pending, b.pending);
+    }
+
+    #[test]
+    fn packing_is_exact_and_holds_the_state_once() {
+        let d = device("a", 0x2600_0001);
+        let p = PackedDevice::pack(&d);
+        // The state is the record's: not held twice.
+        assert!(p.state.is_none());
+        // A 1.0.x session holds one key.
+        assert!(p.current.as_ref().unwrap().v1_1.is_none());
+        assert_same(&p.unpack(), &d);
+        assert!(p.size() < 512, "packed ABP device is {} bytes", p.size());
+    }
+
+    #[test]
+    fn a_state_not_written_to_the_record_yet_survives_packing() {
+        let mut d = device("a", 0x2600_0001);
+        d.state.next_n_f_cnt_down = 99;
+        let p = PackedDevice::pack(&d);
+        assert!(p.state.is_some());
+        let back = p.unpack();
+        assert_eq!(back.state.next_n_f_cnt_down, 99);
+        assert_same(&back, &d);
+    }
+
+    #[test]
+    fn v1_1_and_pending_sessions_survive_packing() {
+        let mut d = device("a", 0x2600_0001);
+        d.current = Some(session(0x2600_0001, true));
+        // A 1.1 session whose keys happen to be equal stays 1.1.
+        let mut same = session(0x2600_0002, true);
+        same.s_nwk_s_int_key = same.f_nwk_s_int_key;
+        same.nwk_s_enc_key = same.f_nwk_s_int_key;
+        d.pending = Some(same);
+        assert_same(&PackedDevice::pack(&d).unpack(), &d);
+        d.pending = Some(session(0x2600_0003, false));
+        assert_same(&PackedDevice::pack(&d).unpack(), &d);
+    }
+
+    #[tokio::test]
+    async fn a_change_under_the_lock_is_kept_and_a_read_repacks_nothing() {
+        let slot = Slot::new(&device("a", 0x2600_0001));
+        let before = slot.0.lock().await.record.as_ptr();
+        {
+            let dev = slot.lock().await;
+            assert_eq!(dev.version, 5);
+        }
+        assert_eq!(slot.0.lock().await.record.as_ptr(), before);
+        {
+            let mut dev = slot.lock().await;
+            dev.version = 6;
+            dev.state.next_n_f_cnt_down = 8;
+        }
+        let dev = slot.clone().lock_owned().await;
+        assert_eq!((dev.version, dev.state.next_n_f_cnt_down), (6, 8));
+        assert!(slot.try_lock().is_none(), "held by the owned guard");
+    }
+
+    #[tokio::test]
+    async fn the_index_follows_devices_by_slot() {
+        let t = Devices::new();
+        let a = t.insert(device("a", 0x2600_0001));
+        let b = t.insert(device("b", 0x2600_0001));
+        // Inserting a cached device again returns its slot.
+        assert!(Slot::ptr_eq(&t.insert(device("a", 0x2600_0009)), &a));
+        let addr = DevAddr::from_u32(0x2600_0001);
+        let other = DevAddr::from_u32(0x2600_0002);
+        assert_eq!(t.by_dev_addr(addr).len(), 2);
+        t.reindex("app/a", &[addr], &[other], &a);
+        let on_addr = t.by_dev_addr(addr);
+        assert_eq!(on_addr.len(), 1);
+        assert!(Slot::ptr_eq(&on_addr[0], &b));
+        assert!(Slot::ptr_eq(&t.by_dev_addr(other)[0], &a));
+        t.remove("app/b", &[addr]);
+        assert!(t.by_dev_addr(addr).is_empty());
+        assert!(t.get("app/b").is_none());
+        assert!(Slot::ptr_eq(&t.get("app/a").unwrap(), &a));
+        assert_eq!(t.len(), 1);
+        // An emptied DevAddr leaves no entry behind.
+        let shard = t.addr_shard(addr).read().unwrap();
+        assert!(!shard.contains_key(&addr));
+    }
 }

@@ -39,6 +39,96 @@ pub(crate) struct RejoinRecord {
     pub rj_count0: Option<u32>,
 }
 
+/// Admission of join-requests under load: at most `join-concurrency` in progress, the others
+/// waiting in arrival order (tokio's semaphore is fair), each only as long as it could still
+/// be answered; and a moving average of how long one takes once admitted. Without it a
+/// burst starts every request at once, all progress together and all finish too late.
+pub(super) struct JoinGate {
+    permits: tokio::sync::Semaphore,
+    /// Moving average (weight 1/8) of the time from admission to a ready accept, in µs.
+    cost_us: AtomicU64,
+}
+
+/// A join-request's turn; dropping it lets the next one in.
+pub(super) struct JoinTurn<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    started: Instant,
+    gate: &'a JoinGate,
+}
+
+impl JoinTurn<'_> {
+    /// Records that the accept is ready: the time since admission feeds the estimate.
+    pub(super) fn ready(&self) {
+        let took = self.started.elapsed().as_micros() as u64;
+        let _ = self
+            .gate
+            .cost_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    took
+                } else {
+                    old - old / 8 + took / 8
+                })
+            });
+    }
+}
+
+impl JoinGate {
+    pub(super) fn new(permits: usize) -> Self {
+        Self {
+            permits: tokio::sync::Semaphore::new(permits.max(1)),
+            cost_us: AtomicU64::new(0),
+        }
+    }
+
+    /// How long an admitted join-request currently takes until its accept is ready.
+    pub(super) fn cost(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.cost_us.load(Ordering::Relaxed))
+    }
+
+    /// Waits for a turn, in arrival order; gives up (returning how long it waited) once
+    /// starting could no longer have the accept ready `margin` before `last_window` after
+    /// `received_at`, given the current cost estimate.
+    pub(super) async fn admit(
+        &self,
+        received_at: SystemTime,
+        last_window: std::time::Duration,
+        margin: std::time::Duration,
+    ) -> Result<JoinTurn<'_>, std::time::Duration> {
+        let waiting = Instant::now();
+        let latest_start = (received_at + last_window)
+            .checked_sub(margin + self.cost())
+            .unwrap_or(received_at);
+        let budget = latest_start
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        if budget.is_zero() {
+            return Err(waiting.elapsed());
+        }
+        match tokio::time::timeout(budget, self.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(JoinTurn {
+                _permit: permit,
+                started: Instant::now(),
+                gate: self,
+            }),
+            // Timed out in the queue (or the semaphore closed, which it never is).
+            _ => Err(waiting.elapsed()),
+        }
+    }
+}
+
+/// When the windows of a (re)join-accept open, which of them it can still make.
+pub(super) fn reachable_windows(
+    received_at: SystemTime,
+    rx1_delay: u32,
+    margin: std::time::Duration,
+    now: SystemTime,
+) -> (bool, bool) {
+    let rx1 = received_at + std::time::Duration::from_secs(u64::from(rx1_delay));
+    let rx2 = rx1 + std::time::Duration::from_secs(1);
+    (now + margin <= rx1, now + margin <= rx2)
+}
+
 /// The identity of a session for RJcount0.
 fn session_id(s: &crate::devices::SessionCtx) -> Vec<u8> {
     if s.session_key_id.is_empty() {
@@ -77,8 +167,9 @@ impl Core {
             version.map_or(Expect::Absent, Expect::Version),
             Vec::new(),
         );
+        // Grouped: durable when it returns, but sharing its transaction with other joins.
         self.store
-            .commit(batch)
+            .commit_grouped(batch)
             .await
             .map(drop)
             .map_err(|e| e.to_string())
@@ -134,11 +225,10 @@ impl Core {
         };
         let rejoin_type = rr.rejoin_type();
         let dev_eui = rr.dev_eui();
-        self.events.publish(
-            Event::new(&defs::NS_UP_JOIN_RECEIVE)
-                .with_correlation_ids(cids.iter().cloned())
-                .with_data(&ctx.msg),
-        );
+        self.events.publish_with(&defs::NS_UP_JOIN_RECEIVE, |e| {
+            e.with_correlation_ids(cids.iter().cloned())
+                .with_data(&ctx.msg)
+        });
         let what = format!("rejoin-request type {rejoin_type} of DevEUI {dev_eui}");
         let reject =
             |reason: &'static str, message: String, ids: Option<&v3::EndDeviceIdentifiers>| {
@@ -152,12 +242,11 @@ impl Core {
                     .inc();
                 debug!(reason, %message, "rejoin-request dropped");
                 let details = error(tonic::Code::InvalidArgument, reason, message);
-                self.events.publish(
-                    Event::new(&defs::NS_UP_JOIN_REJECT)
-                        .with_identifiers(ids)
+                self.events.publish_with(&defs::NS_UP_JOIN_REJECT, |e| {
+                    e.with_identifiers(ids)
                         .with_correlation_ids(cids.iter().cloned())
-                        .with_data(&details),
-                );
+                        .with_data(&details)
+                });
             };
 
         // Which device: by JoinEUI and DevEUI (type 1), or by DevEUI in our NetID (0/2).
@@ -409,7 +498,7 @@ impl Core {
         next.record.state = next.state.encode_to_vec();
         match self
             .store
-            .set_ns_device(&next.record, Expect::Version(dev.version))
+            .record_uplink_with(&next.record, dev.version, Batch::new())
             .await
         {
             Ok(v) => next.version = v,
@@ -426,12 +515,11 @@ impl Core {
             .rejoins
             .get_or_create(&[("outcome", "accepted")])
             .inc();
-        self.events.publish(
-            Event::new(&defs::NS_UP_JOIN_ACCEPT)
-                .with_identifiers([&ids])
+        self.events.publish_with(&defs::NS_UP_JOIN_ACCEPT, |e| {
+            e.with_identifiers([&ids])
                 .with_correlation_ids(cids.iter().cloned())
-                .with_data(&request),
-        );
+                .with_data(&request)
+        });
 
         // The rejoin-accept: data receive windows of the current session.
         let up_dr = uplink_dr(plan, ctx.msg.settings.as_ref()).unwrap_or(0);
@@ -460,12 +548,12 @@ impl Core {
         kind: &'static str,
     ) {
         let fail = |f: v3::ScheduleDownlinkFailure| {
-            self.events.publish(
-                Event::new(&defs::NS_DOWN_JOIN_SCHEDULE_FAIL)
-                    .with_identifiers([ids])
-                    .with_correlation_ids(cids.iter().cloned())
-                    .with_data(&f),
-            );
+            self.events
+                .publish_with(&defs::NS_DOWN_JOIN_SCHEDULE_FAIL, |e| {
+                    e.with_identifiers([ids])
+                        .with_correlation_ids(cids.iter().cloned())
+                        .with_data(&f)
+                });
         };
         let Some(gs) = self.gs.get() else {
             warn!(
@@ -495,12 +583,11 @@ impl Core {
                     .downlinks
                     .get_or_create(&[("outcome", kind)])
                     .inc();
-                self.events.publish(
-                    Event::new(&defs::NS_DOWN_JOIN_SCHEDULE)
-                        .with_identifiers([ids])
+                self.events.publish_with(&defs::NS_DOWN_JOIN_SCHEDULE, |e| {
+                    e.with_identifiers([ids])
                         .with_correlation_ids(cids.iter().cloned())
-                        .with_data(&message),
-                );
+                        .with_data(&message)
+                });
             }
             Ok(v3::ScheduleDownlinkResponse {
                 result: Some(v3::schedule_downlink_response::Result::Failed(f)),

@@ -18,9 +18,9 @@ use prometheus_client::registry::Registry;
 use prost::Message;
 use tern_api::{Timestamp, v3};
 use tern_cluster::links::{LinkResult, NsJs};
-use tern_events::{Event, EventBus, definitions as defs};
+use tern_events::{EventBus, definitions as defs};
 use tern_store::{
-    DownlinkQueueStore, Expect, NsDeviceRecord, NsDeviceStore, QueueOwner, Store, StoreError,
+    DownlinkQueueStore, NsDeviceRecord, NsDeviceStore, QueueOwner, Store, StoreError,
 };
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -118,6 +118,8 @@ pub(crate) struct Core {
     random: RandomState,
     counter: AtomicU64,
     pub instance_id: String,
+    /// Admission of join-requests (see `rejoin::JoinGate`).
+    join_gate: rejoin::JoinGate,
 }
 
 /// Everything an uplink carries besides its frame.
@@ -295,6 +297,7 @@ impl Core {
         let prefixes = config.prefixes();
         let mac = MacLayer::new(&config);
         let gateways = gateways::Gateways::default();
+        let join_gate = rejoin::JoinGate::new(config.join_concurrency);
         Self {
             config,
             store,
@@ -315,6 +318,7 @@ impl Core {
             random: RandomState::new(),
             counter: AtomicU64::new(0),
             instance_id,
+            join_gate,
         }
     }
 
@@ -372,11 +376,11 @@ impl Core {
             .inc();
         debug!(reason, %message, "uplink dropped");
         let details = error(tonic::Code::InvalidArgument, reason, message);
-        let event = Event::new(&defs::NS_UP_DATA_DROP)
-            .with_data(&details)
-            .with_correlation_ids(correlation_ids.iter().cloned())
-            .with_identifiers(ids);
-        self.events.publish(event);
+        self.events.publish_with(&defs::NS_UP_DATA_DROP, |e| {
+            e.with_data(&details)
+                .with_correlation_ids(correlation_ids.iter().cloned())
+                .with_identifiers(ids)
+        });
     }
 
     // ---- uplinks ----
@@ -760,11 +764,14 @@ impl Core {
                 }),
             )
         });
-        let forward_event = forward.as_ref().map(|forward| {
-            Event::new(&defs::NS_UP_DATA_FORWARD)
-                .with_identifiers([&ids])
-                .with_correlation_ids(cids.iter().cloned())
-                .with_data(forward)
+        let forwarded = forward.is_some();
+        // Built now (the message moves into the batch), only when someone can receive it.
+        let forward_event = forward.as_ref().and_then(|forward| {
+            self.events.prepare(&defs::NS_UP_DATA_FORWARD, |e| {
+                e.with_identifiers([&ids])
+                    .with_correlation_ids(cids.iter().cloned())
+                    .with_data(forward)
+            })
         });
         out.extend(forward);
         // Durability: the new FCnt and the messages for the AS reach the store in one
@@ -814,14 +821,15 @@ impl Core {
             self.devices
                 .reindex(&dev.key(), &old_addrs, &new_addrs, slot);
         }
-        self.events.publish(
-            Event::new(&defs::NS_UP_DATA_RECEIVE)
-                .with_identifiers([&ids])
+        self.events.publish_with(&defs::NS_UP_DATA_RECEIVE, |e| {
+            e.with_identifiers([&ids])
                 .with_correlation_ids(cids.iter().cloned())
-                .with_data(&ctx.msg),
-        );
-        if let Some(event) = forward_event {
+                .with_data(&ctx.msg)
+        });
+        if forwarded {
             self.metrics.forwarded.inc();
+        }
+        if let Some(event) = forward_event {
             self.events.publish(event);
         }
         for s in staged {
@@ -1203,12 +1211,12 @@ impl Core {
                 .downlinks
                 .get_or_create(&[("outcome", "no_gateway_path")])
                 .inc();
-            self.events.publish(
-                Event::new(&defs::NS_DOWN_DATA_SCHEDULE_FAIL)
-                    .with_identifiers([&ids])
-                    .with_correlation_ids(cids.iter().cloned())
-                    .with_data(&self.gateways.no_path_failure(&dev.state.last_gateways)),
-            );
+            self.events
+                .publish_with(&defs::NS_DOWN_DATA_SCHEDULE_FAIL, |e| {
+                    e.with_identifiers([&ids])
+                        .with_correlation_ids(cids.iter().cloned())
+                        .with_data(&self.gateways.no_path_failure(&dev.state.last_gateways))
+                });
             return false;
         }
         // The counters this downlink uses reach the store before it can go on air: after a
@@ -1257,12 +1265,11 @@ impl Core {
                     .downlinks
                     .get_or_create(&[("outcome", kind)])
                     .inc();
-                self.events.publish(
-                    Event::new(&defs::NS_DOWN_DATA_SCHEDULE)
-                        .with_identifiers([&ids])
+                self.events.publish_with(&defs::NS_DOWN_DATA_SCHEDULE, |e| {
+                    e.with_identifiers([&ids])
                         .with_correlation_ids(cids.iter().cloned())
-                        .with_data(&message),
-                );
+                        .with_data(&message)
+                });
                 if kind == "data" {
                     let _ = self
                         .store
@@ -1297,12 +1304,12 @@ impl Core {
                     .downlinks
                     .get_or_create(&[("outcome", "schedule_failed")])
                     .inc();
-                self.events.publish(
-                    Event::new(&defs::NS_DOWN_DATA_SCHEDULE_FAIL)
-                        .with_identifiers([&ids])
-                        .with_correlation_ids(cids.iter().cloned())
-                        .with_data(&f),
-                );
+                self.events
+                    .publish_with(&defs::NS_DOWN_DATA_SCHEDULE_FAIL, |e| {
+                        e.with_identifiers([&ids])
+                            .with_correlation_ids(cids.iter().cloned())
+                            .with_data(&f)
+                    });
                 false
             }
             Ok(_) | Err(_) => {
@@ -1494,11 +1501,10 @@ impl Core {
         let Payload::JoinRequest(jr) = &phy.payload else {
             return;
         };
-        self.events.publish(
-            Event::new(&defs::NS_UP_JOIN_RECEIVE)
-                .with_correlation_ids(cids.iter().cloned())
-                .with_data(&ctx.msg),
-        );
+        self.events.publish_with(&defs::NS_UP_JOIN_RECEIVE, |e| {
+            e.with_correlation_ids(cids.iter().cloned())
+                .with_data(&ctx.msg)
+        });
         let reject =
             |reason: &'static str, message: String, ids: Option<&v3::EndDeviceIdentifiers>| {
                 self.metrics
@@ -1510,13 +1516,39 @@ impl Core {
                     .get_or_create(&[("reason", reason)])
                     .inc();
                 let details = error(tonic::Code::InvalidArgument, reason, message);
-                self.events.publish(
-                    Event::new(&defs::NS_UP_JOIN_REJECT)
-                        .with_identifiers(ids)
+                self.events.publish_with(&defs::NS_UP_JOIN_REJECT, |e| {
+                    e.with_identifiers(ids)
                         .with_correlation_ids(cids.iter().cloned())
-                        .with_data(&details),
-                );
+                        .with_data(&details)
+                });
             };
+        // Wait for a turn; a request that can no longer make RX2 goes before costing anything.
+        let margin = self.config.join_accept_margin;
+        let turn = match self
+            .join_gate
+            .admit(ctx.received_at, band::JOIN_ACCEPT_DELAY2, margin)
+            .await
+        {
+            Ok(turn) => turn,
+            Err(waited) => {
+                let age = SystemTime::now()
+                    .duration_since(ctx.received_at)
+                    .unwrap_or_default();
+                reject(
+                    "too_late",
+                    format!(
+                        "join-request of DevEUI {} received {age:?} ago (waited {waited:?} for a turn): \
+                         with ~{:?} to process it and a {margin:?} margin it cannot be answered \
+                         before RX2 ({} s after it)",
+                        jr.dev_eui,
+                        self.join_gate.cost(),
+                        band::JOIN_ACCEPT_DELAY2.as_secs()
+                    ),
+                    None,
+                );
+                return;
+            }
+        };
         let found = match self.store.ns_device_by_euis(jr.join_eui, jr.dev_eui).await {
             Ok(Some(v)) => v,
             Ok(None) => {
@@ -1659,10 +1691,9 @@ impl Core {
         };
         let mut old_addrs = dev.dev_addrs();
         let mut next = build(&dev);
-        let mut written = self
-            .store
-            .set_ns_device(&next.record, Expect::Version(dev.version))
-            .await;
+        // Grouped with other joins' writes (one fsync for many); durable when it returns,
+        // with the same version check as a commit of its own.
+        let mut written = self.store.record_uplink(&next.record, dev.version).await;
         if written.as_ref().is_err_and(|e| e.is_conflict())
             && self.reload_locked(&slot, &mut dev).await == crate::shared::Reloaded::Changed
         {
@@ -1670,10 +1701,7 @@ impl Core {
             // stored version (the JS used the DevNonce already, so the join is not redone).
             old_addrs = dev.dev_addrs();
             next = build(&dev);
-            written = self
-                .store
-                .set_ns_device(&next.record, Expect::Version(dev.version))
-                .await;
+            written = self.store.record_uplink(&next.record, dev.version).await;
         }
         match written {
             Ok(v) => next.version = v,
@@ -1685,17 +1713,16 @@ impl Core {
         *dev = next;
         let new_addrs = dev.dev_addrs();
         self.devices.reindex(&key, &old_addrs, &new_addrs, &slot);
-        self.remember_dev_eui(jr.dev_eui, &ids).await;
+        turn.ready();
         self.metrics
             .joins
             .get_or_create(&[("outcome", "accepted")])
             .inc();
-        self.events.publish(
-            Event::new(&defs::NS_UP_JOIN_ACCEPT)
-                .with_identifiers([&ids])
+        self.events.publish_with(&defs::NS_UP_JOIN_ACCEPT, |e| {
+            e.with_identifiers([&ids])
                 .with_correlation_ids(cids.iter().cloned())
-                .with_data(&request),
-        );
+                .with_data(&request)
+        });
         // The join-accept, in the join-accept windows of the best gateways.
         let up_dr = uplink_dr(plan, ctx.msg.settings.as_ref()).unwrap_or(0);
         let rx1_dr = params
@@ -1710,6 +1737,10 @@ impl Core {
         let accept = Accept::new(&response, dev_addr, app_s_key);
         self.answer_join(&ctx, &ids, &cids, plan, windows, accept, "join_accept")
             .await;
+        // The next request's turn: what is left does not delay any accept.
+        drop(turn);
+        // For rejoin-requests later: not needed by the accept, so not before it.
+        self.remember_dev_eui(jr.dev_eui, &ids).await;
     }
 
     /// Schedules a (re)join-accept (`kind`: the metric's outcome) in `windows` after the
@@ -1726,6 +1757,29 @@ impl Core {
         kind: &'static str,
     ) {
         let params = plan.params();
+        // RX1 when the accept can still make it, else RX2 only, else not at all.
+        let margin = self.config.join_accept_margin;
+        let (rx1, rx2) = rejoin::reachable_windows(
+            ctx.received_at,
+            windows.rx1_delay,
+            margin,
+            SystemTime::now(),
+        );
+        if !rx2 {
+            let age = SystemTime::now()
+                .duration_since(ctx.received_at)
+                .unwrap_or_default();
+            self.drop_late_accept(
+                ids,
+                cids,
+                kind,
+                format!(
+                    "the accept was ready {age:?} after the request: too late for RX2 ({} s after it, {margin:?} margin)",
+                    windows.rx1_delay + 1
+                ),
+            );
+            return;
+        }
         let message = v3::DownlinkMessage {
             raw_payload: accept.raw_payload,
             correlation_ids: cids.to_vec(),
@@ -1733,10 +1787,15 @@ impl Core {
                 class: v3::DeviceClass::ClassA as i32,
                 downlink_paths: self.gateways.class_a_paths(&ctx.msg.rx_metadata),
                 rx1_delay: windows.rx1_delay,
-                rx1_data_rate: params.data_rate(windows.rx1_dr).map(Into::into),
-                rx1_frequency: u64::from(
-                    params.rx1_frequency(ctx.frequency).unwrap_or(ctx.frequency),
-                ),
+                rx1_data_rate: params
+                    .data_rate(windows.rx1_dr)
+                    .filter(|_| rx1)
+                    .map(Into::into),
+                rx1_frequency: if rx1 {
+                    u64::from(params.rx1_frequency(ctx.frequency).unwrap_or(ctx.frequency))
+                } else {
+                    0
+                },
                 rx2_data_rate: params.data_rate(windows.rx2_dr).map(Into::into),
                 rx2_frequency: u64::from(windows.rx2_frequency),
                 priority: v3::TxSchedulePriority::Highest as i32,
@@ -1767,6 +1826,33 @@ impl Core {
             }),
         )
         .await;
+    }
+
+    /// Drops a (re)join-accept (`kind`) that would reach the device after its windows.
+    fn drop_late_accept(
+        &self,
+        ids: &v3::EndDeviceIdentifiers,
+        cids: &[String],
+        kind: &'static str,
+        message: String,
+    ) {
+        let outcomes = if kind == "rejoin_accept" {
+            &self.metrics.rejoins
+        } else {
+            &self.metrics.joins
+        };
+        outcomes.get_or_create(&[("outcome", "too_late")]).inc();
+        self.metrics
+            .dropped
+            .get_or_create(&[("reason", "too_late")])
+            .inc();
+        debug!(kind, %message, "accept dropped");
+        let details = error(tonic::Code::DeadlineExceeded, "too_late", message);
+        self.events.publish_with(&defs::NS_UP_JOIN_REJECT, |e| {
+            e.with_identifiers([ids])
+                .with_correlation_ids(cids.iter().cloned())
+                .with_data(&details)
+        });
     }
 
     // ---- queue ----

@@ -91,7 +91,7 @@ impl Core {
         }
         // Cached devices the store no longer has on this DevAddr: their sessions moved.
         for slot in self.devices.by_dev_addr(addr) {
-            if seen.iter().any(|s| std::sync::Arc::ptr_eq(s, &slot)) {
+            if seen.iter().any(|s| Slot::ptr_eq(s, &slot)) {
                 continue;
             }
             let mut dev = slot.lock().await;

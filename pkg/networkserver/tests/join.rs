@@ -348,3 +348,287 @@ async fn otaa_1_1_join_rekey_and_first_uplink() {
         "{cmds:?}"
     );
 }
+
+// ---- bursts: admission, deadlines, group commit ----
+
+/// A GS that accepts every downlink and records when it was handed each one.
+#[derive(Default)]
+struct TimingGs {
+    downlinks: std::sync::Mutex<Vec<(v3::DownlinkMessage, std::time::SystemTime)>>,
+}
+
+#[async_trait::async_trait]
+impl tern_cluster::links::NsGs for TimingGs {
+    async fn schedule_downlink(
+        &self,
+        downlink: v3::DownlinkMessage,
+    ) -> tern_cluster::links::LinkResult<v3::ScheduleDownlinkResponse> {
+        let now = std::time::SystemTime::now();
+        self.downlinks.lock().unwrap().push((downlink, now));
+        Ok(v3::ScheduleDownlinkResponse {
+            result: Some(v3::schedule_downlink_response::Result::Scheduled(
+                v3::ScheduledDownlink {
+                    rx_window: 1,
+                    ..Default::default()
+                },
+            )),
+        })
+    }
+}
+
+/// A real NS (embedded store in `dir`) in front of `js`, answering through a [`TimingGs`].
+async fn timed_ns(
+    dir: &Path,
+    js: &JoinServer,
+    config: tern_networkserver::NsConfig,
+) -> (
+    std::sync::Arc<tern_networkserver::NetworkServer>,
+    std::sync::Arc<TimingGs>,
+    tern_events::EventBus,
+) {
+    let store = tern_store::Store::open(&tern_store::StoreConfig::default(), dir)
+        .await
+        .unwrap();
+    let events = tern_events::EventBus::in_process(8192);
+    let ns = tern_networkserver::NetworkServer::with_deps(tern_networkserver::NsDeps {
+        config,
+        store,
+        events: events.clone(),
+        auth: tern_cluster::auth::Authenticator::new(
+            tern_cluster::auth::ClusterKeys::new(&["cluster-key-0123456789"]).unwrap(),
+        ),
+        js: js.ns_link(),
+        instance_id: "ns-burst".into(),
+    })
+    .unwrap();
+    let gs = std::sync::Arc::new(TimingGs::default());
+    ns.set_gateway_server(gs.clone()).unwrap();
+    ns.load().await.unwrap();
+    (std::sync::Arc::new(ns), gs, events)
+}
+
+/// Registers `n` fresh 1.0.3 devices on both servers; returns their DevEUIs.
+async fn fresh_devices(
+    js: &JoinServer,
+    ns: &tern_networkserver::NetworkServer,
+    base: u64,
+    n: usize,
+) -> Vec<Eui64> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let dev_eui = Eui64::from_u64(base + i as u64);
+        let dev = format!("burst-{:x}", base + i as u64);
+        let ids = v3::EndDeviceIdentifiers::new("app-1", &dev)
+            .with_join_eui(JOIN_EUI)
+            .with_dev_eui(dev_eui);
+        js.set_device(
+            v3::EndDevice {
+                ids: Some(ids.clone()),
+                lorawan_version: v3::MacVersion::MacV103 as i32,
+                root_keys: Some(v3::RootKeys {
+                    app_key: Some(v3::KeyEnvelope::clear(APP_KEY)),
+                    nwk_key: None,
+                }),
+                ..Default::default()
+            },
+            tern_api::FieldMask::new(["root_keys", "lorawan_version"]),
+        )
+        .await
+        .unwrap();
+        ns.set_device(
+            v3::EndDevice {
+                ids: Some(ids),
+                frequency_plan_id: "EU_863_870".into(),
+                lorawan_version: v3::MacVersion::MacV103 as i32,
+                supports_join: true,
+                ..Default::default()
+            },
+            &[
+                "ids",
+                "frequency_plan_id",
+                "lorawan_version",
+                "supports_join",
+            ],
+        )
+        .await
+        .unwrap();
+        out.push(dev_eui);
+    }
+    out
+}
+
+/// A join-request heard by three gateways, as the NS sees it after dedup, received `age` ago.
+fn heard(dev_eui: Eui64, dev_nonce: u16, age: Duration) -> v3::UplinkMessage {
+    let raw = join_request(dev_eui, dev_nonce, &APP_KEY);
+    let mut up = copy(&raw, "gw-a", 7.0, -60.0);
+    for (gw, snr) in [("gw-b", 3.0), ("gw-c", -2.0)] {
+        up.rx_metadata
+            .extend(copy(&raw, gw, snr, -90.0).rx_metadata);
+    }
+    up.received_at = Some((std::time::SystemTime::now() - age).into());
+    up
+}
+
+/// Processes every uplink at once (each as its own dedup window would).
+async fn burst(
+    ns: &std::sync::Arc<tern_networkserver::NetworkServer>,
+    ups: Vec<v3::UplinkMessage>,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for up in ups {
+        let ns = ns.clone();
+        tasks.spawn(async move { ns.process_uplink(up).await.unwrap() });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+}
+
+/// The `name` of every `ns.up.join.reject` event waiting in `sub`.
+fn reject_names(sub: &mut tern_events::Subscription) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Ok(Some(e)) = sub.try_recv() {
+        if let Some(pbjson_types::value::Kind::StringValue(name)) = e
+            .data
+            .clone()
+            .and_then(|d| d.fields.get("name").cloned())
+            .and_then(|v| v.kind)
+        {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// Checks an accept the NS handed over: it decrypts and its MIC verifies with the AppKey,
+/// and it reached the GS before the window it asks for opens. Returns (DevAddr, whether RX1).
+fn check_accept(
+    msg: &v3::DownlinkMessage,
+    at: std::time::SystemTime,
+    received_at: std::time::SystemTime,
+) -> (DevAddr, bool) {
+    let (ja, clear) = open_accept(&msg.raw_payload, &APP_KEY);
+    let mic = crypto::join_accept_mic_1_0(&APP_KEY, PhyPayload::mic_input(&clear));
+    assert_eq!(&clear[clear.len() - 4..], &mic, "join-accept MIC");
+    let req = msg.request.as_ref().unwrap();
+    assert_eq!(req.rx1_delay, 5, "JOIN_ACCEPT_DELAY1");
+    assert!(req.rx2_data_rate.is_some() && req.rx2_frequency > 0);
+    let rx1 = req.rx1_data_rate.is_some();
+    assert_eq!(rx1, req.rx1_frequency > 0);
+    let opens = received_at + Duration::from_secs(if rx1 { 5 } else { 6 });
+    assert!(
+        at < opens,
+        "accept handed over {:?} after its window opened",
+        at.duration_since(opens).unwrap_or_default()
+    );
+    (ja.dev_addr, rx1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_of_fresh_joins_is_answered_in_its_windows_or_dropped_too_late() {
+    let js_dir = tempfile::tempdir().unwrap();
+    let ns_dir = tempfile::tempdir().unwrap();
+    let js = join_server(js_dir.path()).await;
+    let mut config = ns_config();
+    config.join_concurrency = 8;
+    let (ns, gs, events) = timed_ns(ns_dir.path(), &js, config).await;
+    let devs = fresh_devices(&js, &ns, 0x00a0_0000_0000_0000, 60).await;
+    let mut rejects = events
+        .subscribe(tern_events::Filter::all().name("ns.up.join.reject"))
+        .await
+        .unwrap();
+
+    // 40 fresh requests (the first 10 sent twice at once, as a device retrying would),
+    // 10 received 4.95 s ago (too late for RX1, not for RX2), 10 received 6.5 s ago (too
+    // late for both: dropped before the Join Server sees them).
+    let mut ups = Vec::new();
+    let mut sent_at = std::collections::HashMap::new();
+    for (i, d) in devs.iter().enumerate() {
+        let age = match i {
+            0..40 => Duration::ZERO,
+            40..50 => Duration::from_millis(4_950),
+            _ => Duration::from_millis(6_500),
+        };
+        let up = heard(*d, 0x100 + i as u16, age);
+        let received = up.received_at.unwrap().to_datetime().unwrap();
+        sent_at.insert(
+            up.raw_payload.clone(),
+            std::time::SystemTime::from(received),
+        );
+        if i < 10 {
+            ups.push(up.clone());
+        }
+        ups.push(up);
+    }
+    burst(&ns, ups).await;
+
+    let downs = std::mem::take(&mut *gs.downlinks.lock().unwrap());
+    let names = reject_names(&mut rejects);
+    let mut addrs = std::collections::HashSet::new();
+    let (mut rx1, mut rx2_only) = (0, 0);
+    for (msg, at) in &downs {
+        let dev_eui = devs
+            .iter()
+            .find(|d| msg.end_device_ids.as_ref().unwrap().dev_eui == d.to_be_bytes())
+            .copied()
+            .expect("accept for a burst device");
+        let i = devs.iter().position(|d| *d == dev_eui).unwrap();
+        let raw = join_request(dev_eui, 0x100 + i as u16, &APP_KEY);
+        let (addr, in_rx1) = check_accept(msg, *at, sent_at[&raw]);
+        assert!(addrs.insert(addr), "DevAddr {addr} handed out twice");
+        assert!(i < 50, "device {i} was received after its RX2 window");
+        if in_rx1 {
+            assert!(i < 40, "device {i} got RX1 with 50 ms left");
+            rx1 += 1;
+        } else {
+            assert!(i >= 40, "fresh device {i} answered in RX2 only");
+            rx2_only += 1;
+        }
+    }
+    // Each DevNonce was accepted once: the duplicates were refused by the JS.
+    assert_eq!(rx1, 40, "every fresh request answered in RX1");
+    let reused = names.iter().filter(|n| *n == "dev_nonce_reused").count();
+    assert_eq!(reused, 10, "{names:?}");
+    let too_late = names.iter().filter(|n| *n == "too_late").count();
+    // The 6.5 s old ones always; those 4.95 s old only if the machine was too slow for RX2.
+    assert_eq!(rx2_only + too_late, 20, "{names:?}");
+    assert!(too_late >= 10, "{names:?}");
+    assert_eq!(names.len(), reused + too_late, "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_answers_the_first_in_time_and_drops_the_rest_too_late() {
+    let js_dir = tempfile::tempdir().unwrap();
+    let ns_dir = tempfile::tempdir().unwrap();
+    let js = join_server(js_dir.path()).await;
+    let mut config = ns_config();
+    config.join_concurrency = 1;
+    let (ns, gs, events) = timed_ns(ns_dir.path(), &js, config).await;
+    let n = 250;
+    let devs = fresh_devices(&js, &ns, 0x00b0_0000_0000_0000, n).await;
+    let mut rejects = events
+        .subscribe(tern_events::Filter::all().name("ns.up.join.reject"))
+        .await
+        .unwrap();
+
+    // All received 5 s ago: RX1 opens now, RX2 in 1 s, 200 ms of it margin. One at a time,
+    // each with at least three durable writes (each waiting the 2 ms group commit delay),
+    // not all of them can be answered: the first are, in RX2.
+    let age = Duration::from_millis(5_000);
+    let ups: Vec<_> = devs.iter().map(|d| heard(*d, 7, age)).collect();
+    let received: std::time::SystemTime = ups[0].received_at.unwrap().to_datetime().unwrap().into();
+    burst(&ns, ups).await;
+
+    let downs = std::mem::take(&mut *gs.downlinks.lock().unwrap());
+    let names = reject_names(&mut rejects);
+    assert!(!downs.is_empty(), "the first requests are answered");
+    for (msg, at) in &downs {
+        // Every request was received within microseconds of the first: the same window.
+        let (_, in_rx1) = check_accept(msg, *at, received);
+        assert!(!in_rx1, "RX1 opened as the burst began");
+    }
+    let too_late = names.iter().filter(|n| *n == "too_late").count();
+    assert_eq!(downs.len() + too_late, n, "{names:?}");
+    assert!(too_late > 0, "250 joins, one at a time, within 800 ms");
+    assert_eq!(names.len(), too_late, "{names:?}");
+}

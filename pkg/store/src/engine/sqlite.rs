@@ -195,20 +195,26 @@ impl SqliteEngine {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Record>> {
-        let lo = prefix.as_bytes().to_vec();
         let hi = prefix_end(prefix);
-        let after = after.unwrap_or("").as_bytes().to_vec();
+        // One lower bound, the tighter of the two: with both, SQLite seeks to the prefix
+        // and walks every key up to `after`, which makes paging a large table quadratic.
+        let (sql, lo) = match after {
+            Some(after) if after.as_bytes() >= prefix.as_bytes() => (
+                "SELECT key, value, version FROM kv \
+                 WHERE tbl = ?1 AND key > ?2 AND key < ?3 ORDER BY key LIMIT ?4",
+                after.as_bytes().to_vec(),
+            ),
+            _ => (
+                "SELECT key, value, version FROM kv \
+                 WHERE tbl = ?1 AND key >= ?2 AND key < ?3 ORDER BY key LIMIT ?4",
+                prefix.as_bytes().to_vec(),
+            ),
+        };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(move |c| {
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT key, value, version FROM kv \
-                     WHERE tbl = ?1 AND key >= ?2 AND key < ?3 AND key > ?4 \
-                     ORDER BY key LIMIT ?5",
-                )
-                .map_err(db_err)?;
+            let mut stmt = c.prepare_cached(sql).map_err(db_err)?;
             let rows = stmt
-                .query_map(params![table.name, lo, hi, after, limit], row_to_raw)
+                .query_map(params![table.name, lo, hi, limit], row_to_raw)
                 .map_err(db_err)?;
             collect_records(table, rows)
         })

@@ -6,7 +6,7 @@ use lorawan::{DevNonce, Eui64, JoinNonce};
 use prost::Message;
 use tern_api::v3;
 
-use super::{Versioned, Write, decode, device_key, euis_key, get, hex, modify};
+use super::{MAX_ATTEMPTS, Versioned, Write, decode, device_key, euis_key, get, hex, is_race_on};
 use crate::error::{DevNonceRejection, Result, StoreError};
 use crate::kv::{Batch, Expect, Index, IndexEntry, Table};
 use crate::store::Store;
@@ -119,6 +119,32 @@ struct JoinNonceRecord {
     last: u32,
 }
 
+/// The history with `nonce` recorded, or why `mode` refuses it.
+fn admit_dev_nonce(
+    history: Option<DevNonceRecord>,
+    nonce: DevNonce,
+    mode: DevNonceMode,
+) -> std::result::Result<DevNonceRecord, DevNonceRejection> {
+    let mut history = history.unwrap_or_default();
+    match mode {
+        DevNonceMode::NeverReused if history.is_used(nonce.0) => {
+            return Err(DevNonceRejection::Reused);
+        }
+        DevNonceMode::StrictlyIncreasing => {
+            if let Some(h) = history.highest
+                && u32::from(nonce.0) <= h
+            {
+                return Err(DevNonceRejection::NotIncreasing {
+                    last: DevNonce(h as u16),
+                });
+            }
+        }
+        DevNonceMode::NeverReused => {}
+    }
+    history.mark(nonce.0);
+    Ok(history)
+}
+
 fn js_device_key(record: &JsDeviceRecord) -> Result<(String, Vec<IndexEntry>)> {
     let ids = record.ids.clone().unwrap_or_default();
     let join_eui = super::eui("ids.join_eui", &ids.join_eui)?;
@@ -136,6 +162,45 @@ fn js_device_key(record: &JsDeviceRecord) -> Result<(String, Vec<IndexEntry>)> {
         ));
     }
     Ok((euis_key(join_eui, dev_eui), indexes))
+}
+
+/// Reads a record, lets `f` decide, and writes the result if the record did not change
+/// meanwhile; otherwise tries again. Like `repo::modify`, but the write goes through the
+/// group commit: a join's writes share one transaction (one fsync) with other joins'.
+/// Each write keeps its own version check and is durable when this returns, so a DevNonce
+/// is still accepted once, also by two concurrent joins.
+async fn modify_grouped<M, R>(
+    store: &Store,
+    table: &'static Table,
+    key: &str,
+    mut f: impl FnMut(Option<M>) -> Result<(Write<M>, R)>,
+) -> Result<R>
+where
+    M: Message + Default,
+{
+    for _ in 0..MAX_ATTEMPTS {
+        let current = get::<M>(store, table, key).await?;
+        let expect = current
+            .as_ref()
+            .map_or(Expect::Absent, |v| Expect::Version(v.version));
+        let (write, result) = f(current.map(|v| v.value))?;
+        let mut batch = Batch::new();
+        match write {
+            Write::Put(m) => batch.put(table, key, m.encode_to_vec(), expect, Vec::new()),
+            Write::Delete => batch.delete(table, key, expect),
+            Write::Nothing => return Ok(result),
+        };
+        match store.commit_grouped(batch).await {
+            Ok(_) => return Ok(result),
+            Err(e) if is_race_on(&e, table, key) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Contention {
+        what: table.what,
+        key: key.to_owned(),
+        attempts: MAX_ATTEMPTS,
+    })
 }
 
 fn session_key_id_key(session_key_id: &[u8]) -> Result<String> {
@@ -179,6 +244,16 @@ pub trait JoinStore: Send + Sync {
         nonce: DevNonce,
         mode: DevNonceMode,
     ) -> Result<()>;
+    /// [`JoinStore::check_and_record_dev_nonce`] and [`JoinStore::next_join_nonce`] in one
+    /// atomic, durable write: the DevNonce is recorded and the JoinNonce handed out
+    /// together, or neither (a refused DevNonce consumes no JoinNonce).
+    async fn accept_dev_nonce(
+        &self,
+        join_eui: Eui64,
+        dev_eui: Eui64,
+        nonce: DevNonce,
+        mode: DevNonceMode,
+    ) -> Result<JoinNonce>;
     /// Hands out the device's next JoinNonce: 1 first, then one more each call, never
     /// twice (persisted before returning). Fails with
     /// [`StoreError::JoinNonceExhausted`] after 0xFFFFFF.
@@ -251,37 +326,83 @@ impl JoinStore for Store {
             nonce,
             reason,
         };
-        modify(
+        modify_grouped(
             self,
             &DEV_NONCES,
             &key,
             |history: Option<DevNonceRecord>| {
-                let mut history = history.unwrap_or_default();
-                match mode {
-                    DevNonceMode::NeverReused if history.is_used(nonce.0) => {
-                        return Err(refuse(DevNonceRejection::Reused));
-                    }
-                    DevNonceMode::StrictlyIncreasing => {
-                        if let Some(h) = history.highest
-                            && u32::from(nonce.0) <= h
-                        {
-                            return Err(refuse(DevNonceRejection::NotIncreasing {
-                                last: DevNonce(h as u16),
-                            }));
-                        }
-                    }
-                    DevNonceMode::NeverReused => {}
-                }
-                history.mark(nonce.0);
+                let history = admit_dev_nonce(history, nonce, mode).map_err(refuse)?;
                 Ok((Write::Put(history), ()))
             },
         )
         .await
     }
 
+    async fn accept_dev_nonce(
+        &self,
+        join_eui: Eui64,
+        dev_eui: Eui64,
+        nonce: DevNonce,
+        mode: DevNonceMode,
+    ) -> Result<JoinNonce> {
+        let key = euis_key(join_eui, dev_eui);
+        for _ in 0..MAX_ATTEMPTS {
+            let (history, counter) = tokio::try_join!(
+                get::<DevNonceRecord>(self, &DEV_NONCES, &key),
+                get::<JoinNonceRecord>(self, &JOIN_NONCES, &key)
+            )?;
+            let expect = |v: Option<u64>| v.map_or(Expect::Absent, Expect::Version);
+            let (history_version, counter_version) = (
+                history.as_ref().map(|v| v.version),
+                counter.as_ref().map(|v| v.version),
+            );
+            let history =
+                admit_dev_nonce(history.map(|v| v.value), nonce, mode).map_err(|reason| {
+                    StoreError::DevNonce {
+                        join_eui,
+                        dev_eui,
+                        nonce,
+                        reason,
+                    }
+                })?;
+            let last = counter.map_or(0, |c| c.value.last);
+            let next = JoinNonce::new(last + 1)
+                .ok_or(StoreError::JoinNonceExhausted { join_eui, dev_eui })?;
+            let mut batch = Batch::new();
+            batch.put(
+                &DEV_NONCES,
+                key.clone(),
+                history.encode_to_vec(),
+                expect(history_version),
+                Vec::new(),
+            );
+            batch.put(
+                &JOIN_NONCES,
+                key.clone(),
+                JoinNonceRecord { last: next.get() }.encode_to_vec(),
+                expect(counter_version),
+                Vec::new(),
+            );
+            match self.commit_grouped(batch).await {
+                Ok(_) => return Ok(next),
+                Err(e)
+                    if is_race_on(&e, &DEV_NONCES, &key) || is_race_on(&e, &JOIN_NONCES, &key) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Contention {
+            what: DEV_NONCES.what,
+            key,
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
     async fn next_join_nonce(&self, join_eui: Eui64, dev_eui: Eui64) -> Result<JoinNonce> {
         let key = euis_key(join_eui, dev_eui);
-        modify(
+        modify_grouped(
             self,
             &JOIN_NONCES,
             &key,
@@ -310,7 +431,8 @@ impl JoinStore for Store {
                 euis_key(join_eui, dev_eui),
             )],
         );
-        self.commit(batch).await.map(drop)
+        // Written on every join: grouped with other joins' writes, durable on return.
+        self.commit_grouped(batch).await.map(drop)
     }
 
     async fn get_session_keys(&self, session_key_id: &[u8]) -> Result<Option<SessionKeysRecord>> {
@@ -329,6 +451,80 @@ impl JoinStore for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn accept_dev_nonce_records_both_nonces_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&crate::StoreConfig::default(), dir.path())
+            .await
+            .unwrap();
+        let (join_eui, dev_eui) = (Eui64::from_u64(1), Eui64::from_u64(2));
+        let mode = DevNonceMode::NeverReused;
+        let first = store
+            .accept_dev_nonce(join_eui, dev_eui, DevNonce(5), mode)
+            .await
+            .unwrap();
+        assert_eq!(first.get(), 1);
+        // Refused: the JoinNonce is not consumed.
+        let again = store
+            .accept_dev_nonce(join_eui, dev_eui, DevNonce(5), mode)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            again,
+            StoreError::DevNonce {
+                reason: DevNonceRejection::Reused,
+                ..
+            }
+        ));
+        // Of concurrent joins with one nonce, exactly one is accepted.
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .accept_dev_nonce(join_eui, dev_eui, DevNonce(6), mode)
+                    .await
+            }));
+        }
+        let mut accepted = Vec::new();
+        for t in tasks {
+            if let Ok(n) = t.await.unwrap() {
+                accepted.push(n.get());
+            }
+        }
+        assert_eq!(accepted, vec![2]);
+        // And the separate calls see the same records.
+        assert_eq!(
+            store
+                .next_join_nonce(join_eui, dev_eui)
+                .await
+                .unwrap()
+                .get(),
+            3
+        );
+        assert!(
+            store
+                .check_and_record_dev_nonce(join_eui, dev_eui, DevNonce(6), mode)
+                .await
+                .is_err()
+        );
+        let strict = DevNonceMode::StrictlyIncreasing;
+        assert!(
+            store
+                .accept_dev_nonce(join_eui, dev_eui, DevNonce(6), strict)
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            store
+                .accept_dev_nonce(join_eui, dev_eui, DevNonce(7), strict)
+                .await
+                .unwrap()
+                .get(),
+            4
+        );
+    }
 
     #[test]
     fn dev_nonce_bitmap() {
