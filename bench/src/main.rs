@@ -197,7 +197,9 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let settings = Settings::from(&args);
     let tern_bin = match &args.tern {
-        Some(p) => p.clone(),
+        // Absolute: tern runs in its own temp directory, where a relative path would not
+        // resolve.
+        Some(p) => std::path::absolute(p)?,
         None => std::env::current_exe()?
             .parent()
             .context("no directory of tern-bench")?
