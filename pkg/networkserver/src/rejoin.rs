@@ -496,11 +496,7 @@ impl Core {
         next.pending = Some(ctx_keys);
         next.state.pending_mac = session_mac;
         next.record.state = next.state.encode_to_vec();
-        match self
-            .store
-            .record_uplink_with(&next.record, dev.version, Batch::new())
-            .await
-        {
+        match self.store.record_uplink(&next.record, dev.version).await {
             Ok(v) => next.version = v,
             Err(e) => {
                 reject("store_error", format!("{what}: {e}"), Some(&ids));

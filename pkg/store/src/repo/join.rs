@@ -6,7 +6,10 @@ use lorawan::{DevNonce, Eui64, JoinNonce};
 use prost::Message;
 use tern_api::v3;
 
-use super::{MAX_ATTEMPTS, Versioned, Write, decode, device_key, euis_key, get, hex, is_race_on};
+use super::{
+    MAX_ATTEMPTS, Versioned, Write, decode, device_key, euis_key, get, hex, is_race_on,
+    modify_grouped,
+};
 use crate::error::{DevNonceRejection, Result, StoreError};
 use crate::kv::{Batch, Expect, Index, IndexEntry, Table};
 use crate::store::Store;
@@ -162,45 +165,6 @@ fn js_device_key(record: &JsDeviceRecord) -> Result<(String, Vec<IndexEntry>)> {
         ));
     }
     Ok((euis_key(join_eui, dev_eui), indexes))
-}
-
-/// Reads a record, lets `f` decide, and writes the result if the record did not change
-/// meanwhile; otherwise tries again. Like `repo::modify`, but the write goes through the
-/// group commit: a join's writes share one transaction (one fsync) with other joins'.
-/// Each write keeps its own version check and is durable when this returns, so a DevNonce
-/// is still accepted once, also by two concurrent joins.
-async fn modify_grouped<M, R>(
-    store: &Store,
-    table: &'static Table,
-    key: &str,
-    mut f: impl FnMut(Option<M>) -> Result<(Write<M>, R)>,
-) -> Result<R>
-where
-    M: Message + Default,
-{
-    for _ in 0..MAX_ATTEMPTS {
-        let current = get::<M>(store, table, key).await?;
-        let expect = current
-            .as_ref()
-            .map_or(Expect::Absent, |v| Expect::Version(v.version));
-        let (write, result) = f(current.map(|v| v.value))?;
-        let mut batch = Batch::new();
-        match write {
-            Write::Put(m) => batch.put(table, key, m.encode_to_vec(), expect, Vec::new()),
-            Write::Delete => batch.delete(table, key, expect),
-            Write::Nothing => return Ok(result),
-        };
-        match store.commit_grouped(batch).await {
-            Ok(_) => return Ok(result),
-            Err(e) if is_race_on(&e, table, key) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(StoreError::Contention {
-        what: table.what,
-        key: key.to_owned(),
-        attempts: MAX_ATTEMPTS,
-    })
 }
 
 fn session_key_id_key(session_key_id: &[u8]) -> Result<String> {

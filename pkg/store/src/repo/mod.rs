@@ -103,6 +103,34 @@ pub(crate) async fn modify<M, R>(
     store: &Store,
     table: &'static Table,
     key: &str,
+    f: impl FnMut(Option<M>) -> Result<(Write<M>, R)>,
+) -> Result<R>
+where
+    M: Message + Default,
+{
+    modify_with(store, table, key, false, f).await
+}
+
+/// [`modify`] with the write through the group commit: it shares one transaction (one
+/// fsync) with other callers' writes, keeps its own version check, and is durable when
+/// this returns.
+pub(crate) async fn modify_grouped<M, R>(
+    store: &Store,
+    table: &'static Table,
+    key: &str,
+    f: impl FnMut(Option<M>) -> Result<(Write<M>, R)>,
+) -> Result<R>
+where
+    M: Message + Default,
+{
+    modify_with(store, table, key, true, f).await
+}
+
+async fn modify_with<M, R>(
+    store: &Store,
+    table: &'static Table,
+    key: &str,
+    grouped: bool,
     mut f: impl FnMut(Option<M>) -> Result<(Write<M>, R)>,
 ) -> Result<R>
 where
@@ -120,7 +148,12 @@ where
             Write::Delete => batch.delete(table, key, expect),
             Write::Nothing => return Ok(result),
         };
-        match store.commit(batch).await {
+        let committed = if grouped {
+            store.commit_grouped(batch).await
+        } else {
+            store.commit(batch).await
+        };
+        match committed {
             Ok(_) => return Ok(result),
             Err(e) if is_race_on(&e, table, key) => continue,
             Err(e) => return Err(e),
