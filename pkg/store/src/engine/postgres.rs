@@ -294,7 +294,7 @@ impl PgEngine {
             .prepare_cached(
                 "SELECT k.key, k.value, k.version FROM kv_index i \
                  JOIN kv k ON k.tbl = i.tbl AND k.key = i.pkey \
-                 WHERE i.idx = $1 AND i.ikey = $2 AND i.tbl = $3 ORDER BY k.key",
+                 WHERE i.idx = $1 AND i.ikey = $2 AND i.tbl = $3 ORDER BY i.pkey",
             )
             .await
             .map_err(|e| db_err(&e))?;

@@ -27,6 +27,14 @@ use crate::migrations::{self, CREATE_SCHEMA_MIGRATIONS};
 const BACKEND: &str = "embedded";
 /// Read connections kept open between reads.
 const READERS: usize = 4;
+/// The records of a table with a given index key. `CROSS JOIN` fixes the join order and
+/// the order is by `i.pkey` (equal to `k.key`): with `JOIN ... ORDER BY k.key` SQLite's
+/// planner, without statistics, walks the whole table in key order and probes the index
+/// for each record, which made every lookup (e.g. a join-request's device by DevEUI) cost
+/// a scan of all devices.
+const LOOKUP_SQL: &str = "SELECT k.key, k.value, k.version FROM kv_index i \
+     CROSS JOIN kv k ON k.tbl = i.tbl AND k.key = i.pkey \
+     WHERE i.idx = ?1 AND i.ikey = ?2 AND i.tbl = ?3 ORDER BY i.pkey";
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -171,13 +179,7 @@ impl SqliteEngine {
     ) -> Result<Vec<Record>> {
         let ikey = ikey.to_owned();
         self.read(move |c| {
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT k.key, k.value, k.version FROM kv_index i \
-                     JOIN kv k ON k.tbl = i.tbl AND k.key = i.pkey \
-                     WHERE i.idx = ?1 AND i.ikey = ?2 AND i.tbl = ?3 ORDER BY k.key",
-                )
-                .map_err(db_err)?;
+            let mut stmt = c.prepare_cached(LOOKUP_SQL).map_err(db_err)?;
             let rows = stmt
                 .query_map(params![index, ikey.as_bytes(), table.name], row_to_raw)
                 .map_err(db_err)?;
@@ -520,4 +522,55 @@ fn collect_records(
         })
     })
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan of `sql` (with `n` parameters), one line per step.
+    fn plan(conn: &Connection, sql: &str, n: usize) -> Vec<String> {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let args: Vec<&dyn rusqlite::ToSql> = (0..n).map(|_| &"x" as _).collect();
+        stmt.query_map(args.as_slice(), |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    /// Reads seek with every equality they have, in the order that narrows first: none
+    /// walks a table's range or sorts.
+    #[test]
+    fn reads_seek_with_all_their_keys() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        let reads: [(&str, usize, &[&str]); 4] = [
+            (
+                LOOKUP_SQL,
+                3,
+                &[
+                    "SEARCH i USING PRIMARY KEY (idx=? AND ikey=? AND tbl=?)",
+                    "SEARCH k USING PRIMARY KEY (tbl=? AND key=?)",
+                ],
+            ),
+            (
+                "SELECT value, version FROM kv WHERE tbl = ?1 AND key = ?2",
+                2,
+                &["SEARCH kv USING PRIMARY KEY (tbl=? AND key=?)"],
+            ),
+            (
+                "SELECT tbl, pkey FROM kv_index WHERE idx = ?1 AND ikey = ?2 AND uniq = 1",
+                2,
+                &["SEARCH kv_index USING COVERING INDEX kv_index_unique (idx=? AND ikey=?)"],
+            ),
+            (
+                "SELECT idx, ikey FROM kv_index WHERE tbl = ?1 AND pkey = ?2",
+                2,
+                &["SEARCH kv_index USING COVERING INDEX kv_index_owner (tbl=? AND pkey=?)"],
+            ),
+        ];
+        for (sql, n, want) in reads {
+            assert_eq!(plan(&conn, sql, n), want, "plan of {sql}");
+        }
+    }
 }
