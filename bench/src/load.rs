@@ -673,18 +673,22 @@ pub fn join_result(
         if dl.payload.first().map(|m| m >> 5) != Some(0b001) {
             continue;
         }
-        let (idx, rx1) = match (
-            by_tmst.get(&tmst.wrapping_sub(5_000_000)),
-            by_tmst.get(&tmst.wrapping_sub(6_000_000)),
-        ) {
-            (Some(i), _) => (*i, true),
-            (None, Some(i)) => (*i, false),
-            _ => continue,
-        };
-        if devices[idx].accept_join(&dl.payload).is_err() {
-            r.invalid += 1;
+        // The request 5 s (RX1) or 6 s (RX2) before: both can exist (another request sent
+        // exactly 1 s after this one's), so the one whose device verifies the accept wins.
+        let candidates = [(5_000_000, true), (6_000_000, false)]
+            .into_iter()
+            .filter_map(|(delay, rx1)| by_tmst.get(&tmst.wrapping_sub(delay)).map(|i| (*i, rx1)))
+            .collect::<Vec<_>>();
+        if candidates.is_empty() {
             continue;
         }
+        let Some((_, rx1)) = candidates
+            .into_iter()
+            .find(|(i, _)| devices[*i].accept_join(&dl.payload).is_ok())
+        else {
+            r.invalid += 1;
+            continue;
+        };
         let margin = i64::from(tmst.wrapping_sub(dl.arrived_tmst) as i32);
         match (rx1, margin > 0) {
             (true, true) => {

@@ -127,8 +127,12 @@ impl Settings {
             start_rate: a.start_rate.unwrap_or(if q { 250.0 } else { 500.0 }),
             max_rate,
             dedup_ms: a.dedup_ms,
-            // Join-requests go one per PUSH_DATA (see `send_joins`): 40/s per gateway too.
-            gateways: gateway_count(max_rate).max(3 * (join_rate / 40.0).ceil() as usize),
+            // Join-requests go one per PUSH_DATA to a group of 3 gateways (see
+            // `send_joins`). A join-accept at SF7 is on air 72 ms, so one transmitter sends
+            // at most ~13/s: 10 requests/s per group keeps each under a quarter busy and
+            // the radios out of the joins figure (at 40/s per group they capped it at
+            // ~1,500/s, with the GS refusing overlapping transmissions).
+            gateways: gateway_count(max_rate).max(3 * (join_rate / 10.0).ceil() as usize),
             concurrency: a.concurrency.max(1),
         }
     }
