@@ -44,6 +44,10 @@ impl Tern {
                 cmd.env_remove(&key);
             }
         }
+        // For a closer look at a run: its log filter, e.g. "info,tern_networkserver=debug".
+        if let Ok(filter) = std::env::var("TERN_BENCH_RUST_LOG") {
+            cmd.env("RUST_LOG", filter);
+        }
         cmd.arg("start")
             .arg("--data-dir")
             .arg(&data_dir)

@@ -507,14 +507,20 @@ impl Outbox {
         self.metrics.written.inc_by(committed as u64);
         let touched = self.settle(items);
         let over: Vec<(String, u64, u64)> = {
-            let apps = self.apps.lock().expect("outbox lock");
+            let mut apps = self.apps.lock().expect("outbox lock");
             touched
                 .into_iter()
                 .filter_map(|app| {
-                    let a = apps.get(&app)?;
-                    (a.kept() > self.limit)
-                        .then(|| (a.oldest.max(a.acked + 1), a.last - self.limit))
-                        .map(|(from, through)| (app, from, through))
+                    let a = apps.get_mut(&app)?;
+                    if a.kept() <= self.limit {
+                        return None;
+                    }
+                    let (from, through) = (a.oldest.max(a.acked + 1), a.last - self.limit);
+                    // Claimed before the delete commits: concurrent callers see the outbox
+                    // within its limit and do not evict (and count) the same messages
+                    // again, which under overload made each commit evict a growing range.
+                    a.forget_through(through);
+                    Some((app, from, through))
                 })
                 .collect()
         };
@@ -535,15 +541,10 @@ impl Outbox {
             );
         }
         if let Err(e) = self.commit(batch).await {
-            warn!(application_id, error = %e, "cannot drop the oldest messages of a full link outbox; it stays over its limit");
-            return;
+            // Already forgotten in memory: the records stay in the store, and a restart
+            // sends them after all (at least once holds; only the drop is undone).
+            warn!(application_id, error = %e, "cannot delete the oldest messages of a full link outbox from the store");
         }
-        self.apps
-            .lock()
-            .expect("outbox lock")
-            .entry(application_id.to_owned())
-            .or_default()
-            .forget_through(through);
         self.dropped(
             application_id,
             "outbox_full",
@@ -588,29 +589,33 @@ impl Outbox {
     }
 
     /// Up to `limit` committed messages after `cursor`, in order: from memory when it
-    /// holds them, else from the store.
+    /// holds them, else from the store. With them, the last sendable sequence when they
+    /// were read: when no message comes back, every number up to it is a gap (a message
+    /// given up) or acknowledged, and the cursor may move there; not further, since
+    /// messages released after the read are not in the answer.
     async fn read_after(
         &self,
         application_id: &str,
         cursor: u64,
         limit: usize,
-    ) -> Result<Vec<Arc<v3::SequencedApplicationUp>>, StoreError> {
+    ) -> Result<(Vec<Arc<v3::SequencedApplicationUp>>, u64), StoreError> {
         let last = {
             let apps = self.apps.lock().expect("outbox lock");
             let Some(a) = apps.get(application_id) else {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), cursor));
             };
             if cursor >= a.last {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), cursor));
             }
             if a.recent.front().is_some_and(|f| f.sequence <= cursor + 1) {
-                return Ok(a
+                let frames = a
                     .recent
                     .iter()
                     .filter(|f| f.sequence > cursor)
                     .take(limit)
                     .cloned()
-                    .collect());
+                    .collect();
+                return Ok((frames, a.last));
             }
             a.last
         };
@@ -624,7 +629,7 @@ impl Outbox {
             )
             .await?;
         // Committed records above `last` wait for a lower message still being committed.
-        Ok(page
+        let frames = page
             .items
             .iter()
             .filter_map(|r| match Frame::decode(r.value.as_slice()) {
@@ -635,7 +640,8 @@ impl Outbox {
                 }
             })
             .take_while(|f| f.sequence <= last)
-            .collect())
+            .collect();
+        Ok((frames, last))
     }
 
     /// Applies a cumulative acknowledgement: deletes the acknowledged messages and records
@@ -1380,17 +1386,20 @@ async fn pump(
         for app in work {
             loop {
                 let cursor = cursors.get(&app).copied().unwrap_or(0);
-                let frames = match outbox.read_after(&app, cursor, READ_PAGE).await {
-                    Ok(frames) => frames,
+                let (frames, upto) = match outbox.read_after(&app, cursor, READ_PAGE).await {
+                    Ok(read) => read,
                     Err(e) => {
                         warn!(application_id = %app, error = %e, "cannot read the link outbox; retrying on the next message");
                         break;
                     }
                 };
                 let Some(last) = frames.last().map(|f| f.sequence) else {
-                    // Acknowledged or dropped meanwhile: nothing left after the cursor.
-                    let last = outbox.state(&app).last;
-                    cursors.insert(app.clone(), cursor.max(last));
+                    // Gaps or acknowledged up to `upto`: skip them, then read on (messages
+                    // released meanwhile are above it, and still to send).
+                    if upto > cursor {
+                        cursors.insert(app.clone(), upto);
+                        continue;
+                    }
                     break;
                 };
                 for frame in frames {

@@ -423,6 +423,43 @@ async fn staged_messages_are_sent_in_sequence_order_whatever_order_they_commit_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_settled_at_once_over_the_limit_are_dropped_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = ns(dir.path(), 10).await;
+    let mut staged = Vec::new();
+    let mut batch = tern_store::Batch::new();
+    for f in 1..=200 {
+        let s = ns.hub.stage("app-1", up(f)).await;
+        s.add_to(&mut batch);
+        staged.push(s);
+    }
+    ns.store.commit(batch).await.unwrap();
+    // All settle together (as uplinks committed by one group commit do): each finds the
+    // outbox over its limit while the others' evictions are still being committed.
+    futures_util::future::join_all(staged.into_iter().map(|s| s.committed())).await;
+    outbox_becomes(
+        &ns.hub,
+        OutboxState {
+            last: 200,
+            acknowledged: 0,
+            kept: 10,
+        },
+    )
+    .await;
+    assert!(
+        metrics(&ns.registry).contains(r#"link_dropped_total{reason="outbox_full"} 190"#),
+        "{}",
+        metrics(&ns.registry)
+    );
+    // The store keeps the newest ten, which a new link gets in order.
+    let mut as_ = As::link(&ns.hub, Vec::new()).await;
+    for sequence in 191..=200 {
+        assert_eq!(as_.up().await.sequence, sequence);
+    }
+    as_.quiet().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_store_starts_a_new_numbering_epoch() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let first = ns(a.path(), 10).await.hub.ns_instance_id().await.unwrap();
