@@ -73,6 +73,12 @@ const WRITE_QUEUE: usize = 8192;
 /// without reading (and decoding) them back from the store. Unlinked applications keep none
 /// (their backlog is in the store only), so memory does not grow with them.
 const RECENT: usize = 32;
+/// Shortest time between two logs of an application's drops (each drop is still counted
+/// and published as an event).
+const DROP_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// When drops were last logged, and how many came since.
+type DropLog = (Option<std::time::Instant>, u64);
 /// Messages read from the store per page when a link catches up.
 const READ_PAGE: usize = 256;
 /// Waits between attempts to commit an outbox write.
@@ -278,6 +284,8 @@ struct Outbox {
     input: mpsc::Sender<Input>,
     /// Acknowledgements one at a time: the stored "last acknowledged" must never go back.
     ack_lock: tokio::sync::Mutex<()>,
+    /// Per application and reason: when a drop was last logged, and the drops since.
+    drop_log: Mutex<HashMap<(String, &'static str), DropLog>>,
 }
 
 impl Outbox {
@@ -351,6 +359,7 @@ impl Outbox {
             written: watch::Sender::new(0),
             input,
             ack_lock: tokio::sync::Mutex::new(()),
+            drop_log: Mutex::new(HashMap::new()),
         });
         tokio::spawn(write_loop(Arc::downgrade(&outbox), rx));
         Ok(outbox)
@@ -563,7 +572,30 @@ impl Outbox {
             .dropped
             .get_or_create(&[("reason", reason)])
             .inc_by(n);
-        warn!(application_id, reason, dropped = n, "{message}");
+        // Logged at most once a second per application and reason: an overloaded AS
+        // makes every new message evict one, which must not flood the log.
+        let unlogged = {
+            let mut log = self.drop_log.lock().expect("drop log lock");
+            let now = std::time::Instant::now();
+            let (last, since) = log
+                .entry((application_id.to_owned(), reason))
+                .or_insert((None, 0));
+            *since += n;
+            last.is_none_or(|l| now.duration_since(l) >= DROP_LOG_EVERY)
+                .then(|| {
+                    *last = Some(now);
+                    std::mem::take(since)
+                })
+        };
+        if let Some(total) = unlogged {
+            warn!(
+                application_id,
+                reason,
+                dropped = n,
+                since_last_report = total,
+                "{message}"
+            );
+        }
         let details = v3::ErrorDetails {
             code: if reason == "outbox_full" {
                 tonic::Code::ResourceExhausted as u32
