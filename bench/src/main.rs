@@ -172,6 +172,9 @@ struct RunResult {
     hot_leaves: Vec<(String, f64)>,
     profile_note: Option<String>,
     warnings: Vec<String>,
+    /// tern's counters of drops, refusals and failures at the end of the run (non-zero
+    /// ones): where uplinks, downlinks and link messages were given up, and why.
+    counters: std::collections::BTreeMap<String, f64>,
 }
 
 /// The memory figure with many provisioned devices.
@@ -449,6 +452,15 @@ async fn one_run(
     let dedup = Duration::from_millis(s.dedup_ms);
     let mut tern = Tern::start(tern_bin, &dir, dedup)?;
     let outcome = drive(s, &mut tern, out, run, last, &mut res).await;
+    match server::failure_counters(tern.http).await {
+        Ok(counters) => {
+            for (name, value) in &counters {
+                eprintln!("  counter {name} = {value}");
+            }
+            res.counters = counters;
+        }
+        Err(e) => res.warnings.push(format!("metrics: {e:#}")),
+    }
     res.warnings
         .extend(tern.warnings().into_iter().rev().take(20));
     // The server's log, for a closer look at a run (not part of the results).

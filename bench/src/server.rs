@@ -286,6 +286,34 @@ impl CpuSample {
     }
 }
 
+/// The non-zero counters of drops, refusals and failures from tern's `/metrics`.
+pub async fn failure_counters(http: SocketAddr) -> Result<std::collections::BTreeMap<String, f64>> {
+    let text = reqwest::Client::new()
+        .get(format!("http://{http}/metrics"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .context("GET /metrics")?
+        .text()
+        .await
+        .context("read /metrics")?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            ["drop", "reject", "fail", "refus", "too_late", "conflict"]
+                .iter()
+                .any(|k| l.contains(k))
+        })
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            let value: f64 = value.parse().ok()?;
+            (value != 0.0).then(|| (name.to_owned(), value))
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
