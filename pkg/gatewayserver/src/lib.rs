@@ -208,9 +208,7 @@ impl RoleService for GatewayServer {
         shared.config.validate().map_err(anyhow::Error::msg)?;
         let udp_addr = shared.config.udp.listen;
         let socket = Arc::new(
-            UdpSocket::bind(udp_addr)
-                .await
-                .with_context(|| format!("gateway-server.udp.listen {udp_addr}"))?,
+            bind_udp(udp_addr).with_context(|| format!("gateway-server.udp.listen {udp_addr}"))?,
         );
         let ws_addr = shared.config.basic_station.listen;
         let listener = TcpListener::bind(ws_addr)
@@ -218,7 +216,10 @@ impl RoleService for GatewayServer {
             .with_context(|| format!("gateway-server.basic-station.listen {ws_addr}"))?;
         let tls = self.tls()?;
         let (udp_bound, ws_bound) = (socket.local_addr()?, listener.local_addr()?);
-        tracing::info!(udp = %udp_bound, basic_station = %ws_bound, "gateway listeners bound");
+        let udp_buffer = socket2::SockRef::from(&*socket)
+            .recv_buffer_size()
+            .unwrap_or(0);
+        tracing::info!(udp = %udp_bound, basic_station = %ws_bound, udp_receive_buffer = udp_buffer, "gateway listeners bound");
         *self.bound.lock().expect("bound lock") = Some((udp_bound, ws_bound));
         *shared.udp_socket.lock().expect("socket lock") = Some(socket.clone());
         ctx.metrics
@@ -296,4 +297,23 @@ impl RoleService for GatewayServer {
         self.state.stopped();
         Ok(())
     }
+}
+
+/// Receive buffer asked of the kernel for the UDP socket. Packet forwarders send in bursts
+/// (many gateways' PUSH_DATA at once, up to ~8 KB each), so a short stall of the reader
+/// must not overflow it: the kernel drops what does not fit, unseen and uncounted by tern
+/// (`RcvbufErrors` in /proc/net/snmp). Linux caps it at `net.core.rmem_max`.
+const UDP_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// The gateway UDP socket, with a receive buffer of [`UDP_RECEIVE_BUFFER`] when the kernel
+/// allows it.
+fn bind_udp(addr: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER) {
+        tracing::warn!(error = %e, "cannot enlarge the gateway UDP receive buffer; bursts may overflow it");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
