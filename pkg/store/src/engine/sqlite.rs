@@ -35,6 +35,13 @@ const READERS: usize = 4;
 const LOOKUP_SQL: &str = "SELECT k.key, k.value, k.version FROM kv_index i \
      CROSS JOIN kv k ON k.tbl = i.tbl AND k.key = i.pkey \
      WHERE i.idx = ?1 AND i.ikey = ?2 AND i.tbl = ?3 ORDER BY i.pkey";
+/// One record by key.
+const GET_SQL: &str = "SELECT value, version FROM kv WHERE tbl = ?1 AND key = ?2";
+/// The owner of a unique index key.
+const UNIQUE_OWNER_SQL: &str =
+    "SELECT tbl, pkey FROM kv_index WHERE idx = ?1 AND ikey = ?2 AND uniq = 1";
+/// The index entries of a record.
+const ENTRIES_OF_SQL: &str = "SELECT idx, ikey FROM kv_index WHERE tbl = ?1 AND pkey = ?2";
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -153,7 +160,7 @@ impl SqliteEngine {
         let key = key.to_owned();
         self.read(move |c| {
             let row = c
-                .prepare_cached("SELECT value, version FROM kv WHERE tbl = ?1 AND key = ?2")
+                .prepare_cached(GET_SQL)
                 .and_then(|mut s| {
                     s.query_row(params![table.name, key.as_bytes()], |r| {
                         Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
@@ -432,11 +439,7 @@ fn apply_batch(c: &Connection, batch: &Batch) -> Result<Result<Vec<u64>>> {
             }
             Op::Put { value, indexes, .. } => {
                 let old: Vec<(String, String)> = {
-                    let mut stmt = c
-                        .prepare_cached(
-                            "SELECT idx, ikey FROM kv_index WHERE tbl = ?1 AND pkey = ?2",
-                        )
-                        .map_err(db_err)?;
+                    let mut stmt = c.prepare_cached(ENTRIES_OF_SQL).map_err(db_err)?;
                     let rows = stmt
                         .query_map(params![table.name, kb], |r| {
                             Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
@@ -452,9 +455,7 @@ fn apply_batch(c: &Connection, batch: &Batch) -> Result<Result<Vec<u64>>> {
                 let (removed, added) = index_diff(&old, indexes);
                 for e in added.iter().filter(|e| e.index.unique) {
                     let owner: Option<(String, Vec<u8>)> = c
-                        .prepare_cached(
-                            "SELECT tbl, pkey FROM kv_index WHERE idx = ?1 AND ikey = ?2 AND uniq = 1",
-                        )
+                        .prepare_cached(UNIQUE_OWNER_SQL)
                         .and_then(|mut s| {
                             s.query_row(params![e.index.name, e.key.as_bytes()], |r| {
                                 Ok((r.get(0)?, r.get(1)?))
@@ -554,17 +555,17 @@ mod tests {
                 ],
             ),
             (
-                "SELECT value, version FROM kv WHERE tbl = ?1 AND key = ?2",
+                GET_SQL,
                 2,
                 &["SEARCH kv USING PRIMARY KEY (tbl=? AND key=?)"],
             ),
             (
-                "SELECT tbl, pkey FROM kv_index WHERE idx = ?1 AND ikey = ?2 AND uniq = 1",
+                UNIQUE_OWNER_SQL,
                 2,
                 &["SEARCH kv_index USING COVERING INDEX kv_index_unique (idx=? AND ikey=?)"],
             ),
             (
-                "SELECT idx, ikey FROM kv_index WHERE tbl = ?1 AND pkey = ?2",
+                ENTRIES_OF_SQL,
                 2,
                 &["SEARCH kv_index USING COVERING INDEX kv_index_owner (tbl=? AND pkey=?)"],
             ),
