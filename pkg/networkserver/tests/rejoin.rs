@@ -35,46 +35,12 @@ async fn register(
     let ids = v3::EndDeviceIdentifiers::new("app-1", dev)
         .with_join_eui(JOIN_EUI)
         .with_dev_eui(dev_eui);
-    let v1_1 = version == v3::MacVersion::MacV11;
-    js.set_device(
-        v3::EndDevice {
-            ids: Some(ids.clone()),
-            lorawan_version: version as i32,
-            root_keys: Some(v3::RootKeys {
-                app_key: Some(v3::KeyEnvelope::clear(APP_KEY)),
-                nwk_key: v1_1.then(|| v3::KeyEnvelope::clear(NWK_KEY)),
-            }),
-            ..Default::default()
-        },
-        tern_api::FieldMask::new(["root_keys", "lorawan_version"]),
-    )
-    .await
-    .unwrap();
-    h.ns.set_device(
-        v3::EndDevice {
-            ids: Some(ids),
-            frequency_plan_id: "EU_863_870".into(),
-            lorawan_version: version as i32,
-            supports_join: true,
-            mac_settings: Some(v3::MacSettings {
-                adr_enabled: Some(false),
-                status_count_periodicity: Some(0),
-                status_time_periodicity: Some(0),
-                f_opts_counter_variant: variant.map(|v| v as i32),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        &[
-            "ids",
-            "frequency_plan_id",
-            "lorawan_version",
-            "supports_join",
-            "mac_settings",
-        ],
-    )
-    .await
-    .unwrap();
+    let nwk_key = (version == v3::MacVersion::MacV11).then_some(NWK_KEY);
+    let mac = v3::MacSettings {
+        f_opts_counter_variant: variant.map(|v| v as i32),
+        ..quiet_mac()
+    };
+    register_otaa(js, &h.ns, ids, version, (APP_KEY, nwk_key), Some(mac)).await;
 }
 
 fn sim(dev_eui: Eui64, version: Version, variant: FOptsCounterVariant) -> Device {

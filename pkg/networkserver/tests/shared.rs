@@ -92,44 +92,15 @@ async fn the_other_instance_serves_a_joined_device_and_replays_stay_rejected() {
     let ids = v3::EndDeviceIdentifiers::new("app-1", "otaa-shared")
         .with_join_eui(JOIN_EUI)
         .with_dev_eui(dev_eui);
-    js.set_device(
-        v3::EndDevice {
-            ids: Some(ids.clone()),
-            lorawan_version: v3::MacVersion::MacV103 as i32,
-            root_keys: Some(v3::RootKeys {
-                app_key: Some(v3::KeyEnvelope::clear(APP_KEY)),
-                nwk_key: None,
-            }),
-            ..Default::default()
-        },
-        tern_api::FieldMask::new(["root_keys", "lorawan_version"]),
+    register_otaa(
+        &js,
+        &a.ns,
+        ids.clone(),
+        v3::MacVersion::MacV103,
+        (APP_KEY, None),
+        Some(quiet_mac()),
     )
-    .await
-    .unwrap();
-    a.ns.set_device(
-        v3::EndDevice {
-            ids: Some(ids.clone()),
-            frequency_plan_id: "EU_863_870".into(),
-            lorawan_version: v3::MacVersion::MacV103 as i32,
-            supports_join: true,
-            mac_settings: Some(v3::MacSettings {
-                adr_enabled: Some(false),
-                status_count_periodicity: Some(0),
-                status_time_periodicity: Some(0),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        &[
-            "ids",
-            "frequency_plan_id",
-            "lorawan_version",
-            "supports_join",
-            "mac_settings",
-        ],
-    )
-    .await
-    .unwrap();
+    .await;
 
     // A: the join and the first uplink of the session.
     a.ns.process_uplink(copy(&join_request(dev_eui, 7), "gw-shared", 7.0, -80.0))

@@ -406,3 +406,61 @@ pub fn ns_config() -> NsConfig {
         .insert("ns:local".into(), NS_KEK.into());
     c
 }
+
+/// MAC settings that keep the NS from asking anything of its own: no ADR, no DevStatusReq.
+pub fn quiet_mac() -> v3::MacSettings {
+    v3::MacSettings {
+        adr_enabled: Some(false),
+        status_count_periodicity: Some(0),
+        status_time_periodicity: Some(0),
+        ..Default::default()
+    }
+}
+
+/// Registers the OTAA device `ids` on the JS (AppKey, and NwkKey when given) and on the NS
+/// (EU868, `version`, with `mac_settings` when given).
+pub async fn register_otaa(
+    js: &JoinServer,
+    ns: &NetworkServer,
+    ids: v3::EndDeviceIdentifiers,
+    version: v3::MacVersion,
+    (app_key, nwk_key): (Aes128Key, Option<Aes128Key>),
+    mac_settings: Option<v3::MacSettings>,
+) {
+    js.set_device(
+        v3::EndDevice {
+            ids: Some(ids.clone()),
+            lorawan_version: version as i32,
+            root_keys: Some(v3::RootKeys {
+                app_key: Some(v3::KeyEnvelope::clear(app_key)),
+                nwk_key: nwk_key.map(v3::KeyEnvelope::clear),
+            }),
+            ..Default::default()
+        },
+        tern_api::FieldMask::new(["root_keys", "lorawan_version"]),
+    )
+    .await
+    .unwrap();
+    let mut paths = vec![
+        "ids",
+        "frequency_plan_id",
+        "lorawan_version",
+        "supports_join",
+    ];
+    if mac_settings.is_some() {
+        paths.push("mac_settings");
+    }
+    ns.set_device(
+        v3::EndDevice {
+            ids: Some(ids),
+            frequency_plan_id: "EU_863_870".into(),
+            lorawan_version: version as i32,
+            supports_join: true,
+            mac_settings,
+            ..Default::default()
+        },
+        &paths,
+    )
+    .await
+    .unwrap();
+}
