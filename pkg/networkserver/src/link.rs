@@ -260,6 +260,8 @@ impl AppOutbox {
 #[allow(clippy::large_enum_variant)]
 enum Input {
     Message(String, v3::ApplicationUp),
+    /// Acknowledged `from..=through` of an application: delete them from the store.
+    Acked(String, u64, u64),
     Flush(oneshot::Sender<()>),
 }
 
@@ -282,8 +284,6 @@ struct Outbox {
     /// Bumped after each commit, to wake the pumps.
     written: watch::Sender<u64>,
     input: mpsc::Sender<Input>,
-    /// Acknowledgements one at a time: the stored "last acknowledged" must never go back.
-    ack_lock: tokio::sync::Mutex<()>,
     /// Per application and reason: when a drop was last logged, and the drops since.
     drop_log: Mutex<HashMap<(String, &'static str), DropLog>>,
 }
@@ -358,7 +358,6 @@ impl Outbox {
             apps: Mutex::new(apps),
             written: watch::Sender::new(0),
             input,
-            ack_lock: tokio::sync::Mutex::new(()),
             drop_log: Mutex::new(HashMap::new()),
         });
         tokio::spawn(write_loop(Arc::downgrade(&outbox), rx));
@@ -434,6 +433,7 @@ impl Outbox {
     async fn write(&self, inputs: Vec<Input>) {
         let mut flushes = Vec::new();
         let mut frames: Vec<(String, Arc<Frame>)> = Vec::new();
+        let mut acked: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
         for input in inputs {
             match input {
                 Input::Flush(done) => flushes.push(done),
@@ -441,7 +441,13 @@ impl Outbox {
                     let sequence = self.reserve(&app);
                     frames.push((app, self.frame(sequence, up)));
                 }
+                Input::Acked(app, from, through) => {
+                    acked.entry(app).or_default().push((from, through));
+                }
             }
+        }
+        if !acked.is_empty() {
+            self.forget_acked(acked).await;
         }
         if !frames.is_empty() {
             let mut batch = Batch::new();
@@ -676,12 +682,16 @@ impl Outbox {
         Ok((frames, last))
     }
 
-    /// Applies a cumulative acknowledgement: deletes the acknowledged messages and records
-    /// the sequence. Refuses one ahead of what was committed (nothing changes).
+    /// Applies a cumulative acknowledgement: the outbox forgets the acknowledged messages at
+    /// once, and the writer deletes them from the store with its next batch. Refuses one
+    /// ahead of what was committed (nothing changes).
+    ///
+    /// An AS acknowledges every few dozen messages: one commit each, awaited in turn, fell
+    /// behind at ~10,000 messages/s, and the outbox then evicted (as dropped) messages the AS
+    /// had long handled. Until the writer commits, a restart resends them: at least once.
     async fn acknowledge(&self, application_id: &str, sequence: u64) -> Result<(), AckRefusal> {
-        let _one_at_a_time = self.ack_lock.lock().await;
         let from = {
-            let apps = self.apps.lock().expect("outbox lock");
+            let mut apps = self.apps.lock().expect("outbox lock");
             let (last, acked, oldest) = apps
                 .get(application_id)
                 .map_or((0, 0, 1), |a| (a.last, a.acked, a.oldest));
@@ -698,32 +708,48 @@ impl Outbox {
             if sequence <= acked {
                 return Ok(());
             }
+            let a = apps.entry(application_id.to_owned()).or_default();
+            a.acked = sequence;
+            a.forget_through(sequence);
             oldest.max(acked + 1)
         };
-        let mut batch = Batch::new();
-        for s in from..=sequence {
-            batch.delete(&LINK_BACKLOG, self.key(application_id, s), Expect::Any);
-        }
-        batch.put(
-            &LINK_OUTBOX_STATE,
-            format!("{}{application_id}", self.prefix),
-            sequence.to_string().into_bytes(),
-            Expect::Any,
-            Vec::new(),
-        );
-        self.commit(batch).await.map_err(|e| {
-            (
-                "store_error",
-                tonic::Code::Unavailable,
-                format!("cannot record the acknowledgement of application {application_id:?}: {e}"),
-            )
-        })?;
-        let mut apps = self.apps.lock().expect("outbox lock");
-        let a = apps.entry(application_id.to_owned()).or_default();
-        a.acked = a.acked.max(sequence);
-        a.forget_through(sequence);
         self.metrics.acknowledged.inc_by(sequence + 1 - from);
+        // Fails only when the writer is gone (closing): the messages stay stored and a
+        // restart resends them.
+        let _ = self
+            .input
+            .send(Input::Acked(application_id.to_owned(), from, sequence))
+            .await;
         Ok(())
+    }
+
+    /// Deletes acknowledged messages from the store and records each application's last
+    /// acknowledgement (the writer task only, so the stored one never goes back).
+    async fn forget_acked(&self, acked: HashMap<String, Vec<(u64, u64)>>) {
+        let mut batch = Batch::new();
+        for (app, ranges) in &acked {
+            for &(from, through) in ranges {
+                for s in from..=through {
+                    batch.delete(&LINK_BACKLOG, self.key(app, s), Expect::Any);
+                }
+            }
+            let last = {
+                let apps = self.apps.lock().expect("outbox lock");
+                apps.get(app).map_or(0, |a| a.acked)
+            };
+            batch.put(
+                &LINK_OUTBOX_STATE,
+                format!("{}{app}", self.prefix),
+                last.to_string().into_bytes(),
+                Expect::Any,
+                Vec::new(),
+            );
+        }
+        if let Err(e) = self.commit(batch).await {
+            // Forgotten in memory already: the records stay stored, and a restart resends
+            // them (the AS skips what it handled).
+            warn!(error = %e, "cannot delete acknowledged messages from the link outbox store");
+        }
     }
 }
 
@@ -1019,7 +1045,7 @@ impl LinkHub {
         );
         registry.register(
             "link_ack_refused",
-            "Link acknowledgements refused, by reason (malformed, other_instance, not_linked, ahead, store_error)",
+            "Link acknowledgements refused, by reason (malformed, other_instance, not_linked, ahead)",
             self.metrics.ack_refused.clone(),
         );
     }

@@ -319,6 +319,9 @@ async fn unacknowledged_messages_survive_an_ns_crash() {
             },
         )
         .await;
+        // The writer deletes acknowledged messages with its next batch: wait for it, so
+        // that the crash below resends exactly the unacknowledged ones.
+        ns.hub.flush().await;
         // The NS goes away without a word to the AS; its store is closed under it.
         ns.store.close().await.unwrap();
         as_.ns_instance_id.clone()
@@ -345,6 +348,7 @@ async fn unacknowledged_messages_survive_an_ns_crash() {
             },
         )
         .await;
+        ns.hub.flush().await;
         ns.store.close().await.unwrap();
         instance
     };
