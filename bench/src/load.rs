@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use tern_simulator::semtech;
-use tern_simulator::{Device, DeviceConfig, Keys, Uplink, Version};
+use tern_simulator::{Device, DeviceConfig, Keys, MacResponder, Uplink, Version};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
@@ -102,6 +102,8 @@ pub struct Tracker {
     pub mqtt_unknown: AtomicU64,
     /// MQTT connection losses.
     pub mqtt_disconnects: AtomicU64,
+    /// MAC commands the bench devices received in data downlinks (and answered).
+    pub mac_commands: AtomicU64,
 }
 
 impl Tracker {
@@ -116,6 +118,7 @@ impl Tracker {
             pull_acks: AtomicU64::new(0),
             mqtt_unknown: AtomicU64::new(0),
             mqtt_disconnects: AtomicU64::new(0),
+            mac_commands: AtomicU64::new(0),
         }
     }
 
@@ -268,6 +271,9 @@ struct Gateway {
     socket: Arc<UdpSocket>,
 }
 
+/// Most FOpts bytes of an uplink (LoRaWAN: FOptsLen is 4 bits).
+const MAX_F_OPTS: usize = 15;
+
 /// The simulated gateways and ABP devices, and the tasks that listen on their sockets.
 pub struct Generator {
     gateways: Vec<Gateway>,
@@ -276,8 +282,15 @@ pub struct Generator {
     /// The shared clock.
     pub clock: Arc<Clock>,
     devices: Vec<Device>,
+    /// Each device's MAC layer: it answers what the network asks, as a real device does
+    /// (a deaf device would have the NS repeat its requests in downlink after downlink).
+    responders: Vec<MacResponder>,
+    /// Data downlinks the gateways received, for the devices to read.
+    heard: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
     next_seq: u64,
     cursor: usize,
+    /// Clock µs of each gateway group's last PUSH_DATA of uplinks.
+    last_push_us: Vec<u64>,
     token: u16,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -290,6 +303,7 @@ impl Generator {
         let tracker = Arc::new(Tracker::new(devices));
         let mut gws = Vec::new();
         let mut tasks = Vec::new();
+        let (hear, heard) = tokio::sync::mpsc::unbounded_channel();
         for i in 0..gateways {
             let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
             socket.connect(server).await?;
@@ -299,6 +313,7 @@ impl Generator {
                 socket.clone(),
                 tracker.clone(),
                 clock.clone(),
+                hear.clone(),
             )));
             tasks.push(tokio::spawn({
                 let socket = socket.clone();
@@ -326,7 +341,7 @@ impl Generator {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let devices = (0..devices)
+        let devices: Vec<Device> = (0..devices)
             .map(|i| {
                 let addr = provision::BENCH_DEV_ADDR + i as u32;
                 Device::abp(
@@ -345,9 +360,12 @@ impl Generator {
             gateways: gws,
             tracker,
             clock,
+            responders: vec![MacResponder::default(); devices.len()],
             devices,
+            heard,
             next_seq: 0,
             cursor: 0,
+            last_push_us: vec![0; (gateways / 3).max(1)],
             token: 0,
             tasks,
         })
@@ -381,33 +399,81 @@ impl Generator {
 
     /// Sends the next `count` bench uplinks, 8 per PUSH_DATA.
     async fn send_uplinks(&mut self, count: u64) -> Result<()> {
+        self.read_downlinks();
         let mut batch = Vec::with_capacity(8);
         for _ in 0..count {
             let seq = self.next_seq;
             self.next_seq += 1;
             let n = self.devices.len() as u64;
-            let phy = self.devices[(seq % n) as usize].uplink(&Uplink {
+            let i = (seq % n) as usize;
+            let phy = self.devices[i].uplink(&Uplink {
                 f_port: Some(1),
                 payload: lpp_payload(seq),
+                f_opts: self.responders[i].take_for_uplink(MAX_F_OPTS),
                 ..Default::default()
             })?;
             batch.push(Frame {
                 seq: Some(seq),
-                tmst: self.clock.unique_tmst(),
+                tmst: 0,
                 chan: (seq % 3) as usize,
                 phy,
             });
             if batch.len() == 8 {
-                self.tracker.record_sent(&batch, self.clock.now_us());
-                self.push(&batch).await?;
-                batch.clear();
+                self.send_batch(&mut batch).await?;
             }
         }
         if !batch.is_empty() {
-            self.tracker.record_sent(&batch, self.clock.now_us());
-            self.push(&batch).await?;
+            self.send_batch(&mut batch).await?;
         }
         Ok(())
+    }
+
+    /// Stamps `batch` with receive times and sends it to the next group. A packet forwarder
+    /// reports the frames its concentrator heard since its last PUSH_DATA, so the frames'
+    /// `tmst` spread evenly over that time (at most a second), the newest now; frames stamped
+    /// a microsecond apart would all want the same gateway's transmitter at the same RX1
+    /// instant, which no real radio traffic does.
+    async fn send_batch(&mut self, batch: &mut Vec<Frame>) -> Result<()> {
+        let group = self.cursor % self.groups();
+        let now = self.clock.now_us();
+        let since = now
+            .saturating_sub(self.last_push_us[group])
+            .clamp(batch.len() as u64, 1_000_000);
+        self.last_push_us[group] = now;
+        let n = batch.len() as u64;
+        for (k, f) in batch.iter_mut().enumerate() {
+            f.tmst = (now - since * (n - 1 - k as u64) / n) as u32;
+        }
+        self.tracker.record_sent(batch, now);
+        self.push(batch).await?;
+        batch.clear();
+        Ok(())
+    }
+
+    /// Hands the data downlinks heard so far to their devices: each verifies and decrypts
+    /// its own, and its MAC layer queues the answers for its next uplink.
+    fn read_downlinks(&mut self) {
+        while let Ok(raw) = self.heard.try_recv() {
+            // MHDR, then the DevAddr little-endian.
+            let Some(addr) = raw
+                .get(1..5)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            else {
+                continue;
+            };
+            let i = addr.wrapping_sub(provision::BENCH_DEV_ADDR) as usize;
+            let (Some(device), Some(mac)) = (self.devices.get_mut(i), self.responders.get_mut(i))
+            else {
+                continue;
+            };
+            // Not this device's (a join-accept, another phase's device) or a replay: ignored.
+            if let Ok(down) = device.downlink(&raw) {
+                let outcomes = mac.handle(&down.commands, 9.5);
+                self.tracker
+                    .mac_commands
+                    .fetch_add(outcomes.len() as u64, Ordering::Relaxed);
+            }
+        }
     }
 
     /// The sequence number of the next uplink (its device is `seq % devices`).
@@ -506,7 +572,13 @@ impl Drop for Generator {
 
 /// Listens on a gateway's socket: counts acks, answers PULL_RESP with TX_ACK and records
 /// the downlink with its arrival time.
-async fn receive(eui: [u8; 8], socket: Arc<UdpSocket>, tracker: Arc<Tracker>, clock: Arc<Clock>) {
+async fn receive(
+    eui: [u8; 8],
+    socket: Arc<UdpSocket>,
+    tracker: Arc<Tracker>,
+    clock: Arc<Clock>,
+    hear: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+) {
     let mut buf = vec![0u8; 65_536];
     loop {
         let n = match socket.recv(&mut buf).await {
@@ -532,6 +604,10 @@ async fn receive(eui: [u8; 8], socket: Arc<UdpSocket>, tracker: Arc<Tracker>, cl
                 let ack = semtech::encode_with_eui(d.token, semtech::TX_ACK, eui, None);
                 let _ = socket.send(&ack).await;
                 if let Some((txpk, payload)) = parsed {
+                    // Data downlinks (MType 011 or 101) go to the devices too.
+                    if matches!(payload.first().map(|m| m >> 5), Some(0b011 | 0b101)) {
+                        let _ = hear.send(payload.clone());
+                    }
                     tracker
                         .downlinks
                         .lock()

@@ -168,6 +168,8 @@ struct RunResult {
     memory: Option<Memory>,
     mqtt_disconnects: u64,
     mqtt_unknown: u64,
+    /// MAC commands the bench devices received in downlinks and answered.
+    mac_commands: u64,
     thread_split: Vec<(String, f64)>,
     hot_leaves: Vec<(String, f64)>,
     profile_note: Option<String>,
@@ -790,6 +792,14 @@ async fn drive(
         .tracker
         .mqtt_unknown
         .load(std::sync::atomic::Ordering::Relaxed);
+    res.mac_commands = generator
+        .tracker
+        .mac_commands
+        .load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "MAC commands answered by the bench devices: {}",
+        res.mac_commands
+    );
     Ok(())
 }
 
