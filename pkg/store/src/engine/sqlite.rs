@@ -11,9 +11,10 @@
 //!   when it is durable (the NS relies on it for frame counters, the JS for nonces), so it
 //!   pays one fsync per commit; group commit makes that one fsync per batch of writes.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -25,8 +26,10 @@ use crate::kv::{Batch, Op, Record, Table, index_diff, key_from_bytes, prefix_end
 use crate::migrations::{self, CREATE_SCHEMA_MIGRATIONS};
 
 const BACKEND: &str = "embedded";
-/// Read connections kept open between reads.
-const READERS: usize = 4;
+/// Reads at once, each on a connection kept open between reads. Without the bound, a burst
+/// of reads opened (and then closed) connections beyond the pool, and preparing their
+/// schema and statements took more time than the reads.
+const READERS: usize = 8;
 /// The records of a table with a given index key. `CROSS JOIN` fixes the join order and
 /// the order is by `i.pkey` (equal to `k.key`): with `JOIN ... ORDER BY k.key` SQLite's
 /// planner, without statistics, walks the whole table in key order and probes the index
@@ -54,10 +57,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn read_lock<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write_lock<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
 enum WriterMsg {
     Commit(Vec<Batch>, oneshot::Sender<Vec<Result<Vec<u64>>>>),
     Ping(oneshot::Sender<()>),
+    TrackKeys(&'static Table, oneshot::Sender<Result<()>>),
 }
+
+/// The keys of the tables whose key sets are kept in memory (see
+/// [`SqliteEngine::track_keys`]): always a superset of the stored keys, because the writer
+/// adds a put's key before its commit and removes a delete's only after it.
+type KeySets = Arc<RwLock<HashMap<&'static str, HashSet<String>>>>;
 
 /// The embedded engine.
 pub(crate) struct SqliteEngine {
@@ -65,6 +82,9 @@ pub(crate) struct SqliteEngine {
     writer: Mutex<Option<std_mpsc::Sender<WriterMsg>>>,
     thread: Mutex<Option<JoinHandle<Result<()>>>>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// One permit per reader connection.
+    read_slots: Arc<tokio::sync::Semaphore>,
+    key_sets: KeySets,
 }
 
 impl SqliteEngine {
@@ -84,9 +104,11 @@ impl SqliteEngine {
         })
         .await?;
         let (tx, rx) = std_mpsc::channel();
+        let key_sets = KeySets::default();
+        let writer_key_sets = Arc::clone(&key_sets);
         let thread = std::thread::Builder::new()
             .name("tern-store-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, writer_key_sets))
             .map_err(|e| StoreError::backend(BACKEND, &e))?;
         Ok((
             Self {
@@ -94,6 +116,8 @@ impl SqliteEngine {
                 writer: Mutex::new(Some(tx)),
                 thread: Mutex::new(Some(thread)),
                 readers: Arc::new(Mutex::new(Vec::new())),
+                read_slots: Arc::new(tokio::sync::Semaphore::new(READERS)),
+                key_sets,
             },
             applied,
         ))
@@ -139,7 +163,12 @@ impl SqliteEngine {
     ) -> Result<T> {
         let readers = Arc::clone(&self.readers);
         let path = self.path.clone();
+        let slot = Arc::clone(&self.read_slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         blocking(move || {
+            let _slot = slot;
             let pooled = lock(&readers).pop();
             let conn = match pooled {
                 Some(c) => c,
@@ -155,8 +184,24 @@ impl SqliteEngine {
         .await
     }
 
+    /// Keeps the key set of `table` in memory from now on, so that reading a key it does
+    /// not hold costs no database read. Loaded by the writer, so no commit slips between.
+    pub(crate) async fn track_keys(&self, table: &'static Table) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(WriterMsg::TrackKeys(table, reply))
+            .map_err(|_| writer_gone())?;
+        rx.await.map_err(|_| writer_gone())?
+    }
+
     /// Reads one record.
     pub(crate) async fn get(&self, table: &'static Table, key: &str) -> Result<Option<Record>> {
+        let absent = read_lock(&self.key_sets)
+            .get(table.name)
+            .is_some_and(|keys| !keys.contains(key));
+        if absent {
+            return Ok(None);
+        }
         let key = key.to_owned();
         self.read(move |c| {
             let row = c
@@ -354,23 +399,78 @@ fn migrate(conn: &mut Connection) -> Result<Vec<String>> {
     Ok(done)
 }
 
-fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<WriterMsg>) -> Result<()> {
+fn writer_loop(
+    mut conn: Connection,
+    rx: std_mpsc::Receiver<WriterMsg>,
+    key_sets: KeySets,
+) -> Result<()> {
     while let Ok(msg) = rx.recv() {
         match msg {
             WriterMsg::Commit(batches, reply) => {
+                track_ops(&key_sets, &batches, None);
                 let results = match commit_group(&mut conn, &batches) {
                     Ok(r) => r,
                     Err(e) => vec![Err(e); batches.len()],
                 };
+                track_ops(&key_sets, &batches, Some(&results));
                 // The caller may have gone away; its write is committed all the same.
                 let _ = reply.send(results);
             }
             WriterMsg::Ping(reply) => {
                 let _ = reply.send(());
             }
+            WriterMsg::TrackKeys(table, reply) => {
+                let _ = reply.send(load_keys(&conn, table).map(|keys| {
+                    write_lock(&key_sets).entry(table.name).or_insert(keys);
+                }));
+            }
         }
     }
     conn.close().map_err(|(_, e)| db_err(e))
+}
+
+/// Updates the tracked key sets around a commit: before it (`results` None) adds every
+/// put's key; after it removes the keys the committed batches deleted.
+fn track_ops(key_sets: &KeySets, batches: &[Batch], results: Option<&[Result<Vec<u64>>]>) {
+    if read_lock(key_sets).is_empty() {
+        return;
+    }
+    let mut sets = write_lock(key_sets);
+    for (i, batch) in batches.iter().enumerate() {
+        if results.is_some_and(|r| r.get(i).is_none_or(|r| r.is_err())) {
+            continue;
+        }
+        for op in &batch.ops {
+            match (op, results) {
+                (Op::Put { table, key, .. }, None) => {
+                    if let Some(keys) = sets.get_mut(table.name) {
+                        keys.insert(key.clone());
+                    }
+                }
+                (Op::Delete { table, key, .. }, Some(_)) => {
+                    if let Some(keys) = sets.get_mut(table.name) {
+                        keys.remove(key);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Every key of `table`.
+fn load_keys(conn: &Connection, table: &'static Table) -> Result<HashSet<String>> {
+    let mut stmt = conn
+        .prepare("SELECT key FROM kv WHERE tbl = ?1")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map(params![table.name], |r| r.get::<_, Vec<u8>>(0))
+        .map_err(db_err)?;
+    let mut keys = HashSet::new();
+    for row in rows {
+        keys.insert(key_from_bytes(table, row.map_err(db_err)?)?);
+    }
+    Ok(keys)
 }
 
 /// One transaction; each batch inside its own savepoint so that a batch whose checks fail
