@@ -330,6 +330,11 @@ impl Core {
 
     /// Loads every stored device into the in-memory table.
     pub async fn load(&self) -> Result<usize, StoreError> {
+        // Most devices have nothing queued: the embedded store then answers a queue read
+        // from memory instead of a database read per uplink.
+        self.store
+            .track_keys(&tern_store::tables::NS_QUEUES)
+            .await?;
         let table = &tern_store::tables::NS_DEVICES;
         let mut after: Option<String> = None;
         let mut n = 0;

@@ -115,6 +115,13 @@ impl Store {
         Ok(&self.inner.engine)
     }
 
+    /// Keeps the keys of `table` in memory (embedded store only), so that [`Store::get`] of
+    /// a key the table does not hold answers without a read. For tables with few records
+    /// read on a hot path, such as downlink queues: one entry per stored record.
+    pub async fn track_keys(&self, table: &'static Table) -> Result<()> {
+        self.engine()?.track_keys(table).await
+    }
+
     /// Reads one record.
     pub async fn get(&self, table: &'static Table, key: &str) -> Result<Option<Record>> {
         self.engine()?.get(table, key).await

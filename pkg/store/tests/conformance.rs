@@ -138,6 +138,7 @@ conformance!(
     group_commit_many_writers_durable,
     group_commit_failed_write_is_isolated,
     failed_batch_changes_nothing,
+    tracked_keys_read_as_untracked,
     scan_prefix_cursor_and_count,
     migrations_idempotent_and_concurrent,
     health_and_close,
@@ -1527,6 +1528,52 @@ mod cases {
         what: "unique attribute",
         unique: true,
     };
+
+    /// A table whose keys are tracked in memory answers reads exactly as before: through
+    /// puts, deletes, failed batches, group commits and a reopen.
+    pub async fn tracked_keys_read_as_untracked(h: &Harness) {
+        let s = h.open().await;
+        let put = |key: &str, expect: Expect| {
+            let mut b = Batch::new();
+            b.put(&T, key, key.as_bytes().to_vec(), expect, vec![]);
+            b
+        };
+        s.commit(put("before", Expect::Absent)).await.unwrap();
+        s.track_keys(&T).await.unwrap();
+        // Stored before the tracking began.
+        assert_eq!(s.get(&T, "before").await.unwrap().unwrap().value, b"before");
+        assert!(s.get(&T, "never").await.unwrap().is_none());
+        s.commit(put("after", Expect::Absent)).await.unwrap();
+        s.commit_grouped(put("grouped", Expect::Absent))
+            .await
+            .unwrap();
+        assert_eq!(s.get(&T, "after").await.unwrap().unwrap().version, 1);
+        assert_eq!(s.get(&T, "grouped").await.unwrap().unwrap().version, 1);
+        // A failed batch writes nothing, tracked or not.
+        let mut failed = put("failed", Expect::Absent);
+        failed.check(&T, "before", Expect::Absent);
+        assert!(s.commit(failed).await.is_err());
+        assert!(s.get(&T, "failed").await.unwrap().is_none());
+        // Deleted, and put again.
+        let mut del = Batch::new();
+        del.delete(&T, "after", Expect::Any);
+        s.commit(del).await.unwrap();
+        assert!(s.get(&T, "after").await.unwrap().is_none());
+        s.commit(put("after", Expect::Absent)).await.unwrap();
+        assert_eq!(s.get(&T, "after").await.unwrap().unwrap().value, b"after");
+        // Tracking twice changes nothing.
+        s.track_keys(&T).await.unwrap();
+        assert!(s.get(&T, "before").await.unwrap().is_some());
+        s.close().await.unwrap();
+        // A reopened store tracks again from what is stored.
+        let s = h.open().await;
+        s.track_keys(&T).await.unwrap();
+        for key in ["before", "after", "grouped"] {
+            assert!(s.get(&T, key).await.unwrap().is_some(), "{key}");
+        }
+        assert!(s.get(&T, "failed").await.unwrap().is_none());
+        s.close().await.unwrap();
+    }
 
     pub async fn failed_batch_changes_nothing(h: &Harness) {
         let s = h.open().await;

@@ -26,6 +26,16 @@ impl Engine {
         }
     }
 
+    /// Keeps `table`'s key set in memory where that saves reads of absent keys: the
+    /// embedded engine, whose writes all go through this process. PostgreSQL is shared
+    /// with other processes, so it reads as before.
+    pub(crate) async fn track_keys(&self, table: &'static Table) -> Result<()> {
+        match self {
+            Self::Sqlite(e) => e.track_keys(table).await,
+            Self::Postgres(_) => Ok(()),
+        }
+    }
+
     pub(crate) async fn get(&self, table: &'static Table, key: &str) -> Result<Option<Record>> {
         match self {
             Self::Sqlite(e) => e.get(table, key).await,
