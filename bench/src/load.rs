@@ -104,6 +104,8 @@ pub struct Tracker {
     pub mqtt_disconnects: AtomicU64,
     /// MAC commands the bench devices received in data downlinks (and answered).
     pub mac_commands: AtomicU64,
+    /// Data downlinks the bench devices refused, by reason.
+    pub refused_downlinks: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Tracker {
@@ -119,6 +121,7 @@ impl Tracker {
             mqtt_unknown: AtomicU64::new(0),
             mqtt_disconnects: AtomicU64::new(0),
             mac_commands: AtomicU64::new(0),
+            refused_downlinks: Mutex::default(),
         }
     }
 
@@ -467,11 +470,28 @@ impl Generator {
                 continue;
             };
             // Not this device's (a join-accept, another phase's device) or a replay: ignored.
-            if let Ok(down) = device.downlink(&raw) {
-                let outcomes = mac.handle(&down.commands, 9.5);
-                self.tracker
-                    .mac_commands
-                    .fetch_add(outcomes.len() as u64, Ordering::Relaxed);
+            match device.downlink(&raw) {
+                Ok(down) => {
+                    let outcomes = mac.handle(&down.commands, 9.5);
+                    self.tracker
+                        .mac_commands
+                        .fetch_add(outcomes.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    // The reason without its numbers, so that like refusals count together.
+                    let reason: String = e
+                        .to_string()
+                        .chars()
+                        .filter(|c| !c.is_ascii_digit())
+                        .collect();
+                    *self
+                        .tracker
+                        .refused_downlinks
+                        .lock()
+                        .expect("refusals lock")
+                        .entry(reason)
+                        .or_default() += 1;
+                }
             }
         }
     }

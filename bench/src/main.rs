@@ -170,6 +170,11 @@ struct RunResult {
     mqtt_unknown: u64,
     /// MAC commands the bench devices received in downlinks and answered.
     mac_commands: u64,
+    /// Warm-up rounds (one uplink per device each) after the first, until no device
+    /// received a MAC command in a round.
+    mac_warm_up_rounds: u32,
+    /// Data downlinks the bench devices refused (replayed counter, wrong MIC...), by reason.
+    refused_downlinks: std::collections::BTreeMap<String, u64>,
     thread_split: Vec<(String, f64)>,
     hot_leaves: Vec<(String, f64)>,
     profile_note: Option<String>,
@@ -589,6 +594,39 @@ async fn drive(
         warm.delivered, warm.sent, warm_rate, warm.p50_ms, warm.max_ms
     );
     res.warm_up = Some(warm);
+    // Then rounds until the NS has no more MAC commands to send: an ABP session starts
+    // from the region's boot settings, so the NS first sends every device the plan's
+    // extra channels (NewChannelReq), which the devices answer. That is a one-off: the
+    // steps below measure the steady state. Downlinks that lose their radio slot retry
+    // with later uplinks, so this may take a few rounds.
+    let mut rounds = 0;
+    loop {
+        let before = generator
+            .tracker
+            .mac_commands
+            .load(std::sync::atomic::Ordering::Relaxed);
+        generator
+            .step(
+                warm_rate,
+                Duration::from_secs_f64((s.devices as f64 / warm_rate).max(1.0)),
+                drain,
+                dedup,
+            )
+            .await?;
+        rounds += 1;
+        // A downlink answers an uplink a second later.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let got = generator
+            .tracker
+            .mac_commands
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - before;
+        if got == 0 || rounds == 10 {
+            eprintln!("MAC settled after {rounds} more warm-up round(s)");
+            res.mac_warm_up_rounds = rounds;
+            break;
+        }
+    }
 
     // Rate search.
     let mut search = RateSearch::new(
@@ -796,9 +834,15 @@ async fn drive(
         .tracker
         .mac_commands
         .load(std::sync::atomic::Ordering::Relaxed);
+    res.refused_downlinks = generator
+        .tracker
+        .refused_downlinks
+        .lock()
+        .expect("refusals lock")
+        .clone();
     eprintln!(
-        "MAC commands answered by the bench devices: {}",
-        res.mac_commands
+        "MAC commands answered by the bench devices: {}; downlinks they refused: {:?}",
+        res.mac_commands, res.refused_downlinks
     );
     Ok(())
 }
