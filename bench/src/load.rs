@@ -85,6 +85,9 @@ pub struct GotDownlink {
     pub tmst: Option<u32>,
     /// The PHYPayload.
     pub payload: Vec<u8>,
+    /// For a data downlink to a bench device: that device's recent uplink tmsts when it
+    /// arrived (read then: by the end of a long phase they would have moved on).
+    pub recent_uplinks: Option<[u32; TMST_HISTORY]>,
 }
 
 /// What the gateways and the MQTT subscriber observed.
@@ -636,6 +639,9 @@ async fn receive(
                             arrived_us,
                             arrived_tmst: arrived_us as u32,
                             tmst: txpk.tmst.filter(|_| !txpk.imme),
+                            recent_uplinks: downlink_addr_port(&payload)
+                                .and_then(|(addr, _)| addr.checked_sub(provision::BENCH_DEV_ADDR))
+                                .and_then(|i| tracker.recent_tmsts(i as usize)),
                             payload,
                         });
                 }
@@ -685,12 +691,8 @@ pub fn downlink_addr_port(phy: &[u8]) -> Option<(u32, Option<u8>)> {
     Some((addr, port))
 }
 
-/// Classifies the downlinks to bench devices against their devices' last uplink tmst.
-pub fn downlink_timing(
-    tracker: &Tracker,
-    downlinks: &[GotDownlink],
-    queued: u64,
-) -> DownlinkTiming {
+/// Classifies the downlinks to bench devices against their devices' uplink tmsts.
+pub fn downlink_timing(downlinks: &[GotDownlink], queued: u64) -> DownlinkTiming {
     let mut t = DownlinkTiming {
         queued,
         ..Default::default()
@@ -699,10 +701,10 @@ pub fn downlink_timing(
         let Some((addr, port)) = downlink_addr_port(&dl.payload) else {
             continue;
         };
-        let Some(idx) = addr.checked_sub(provision::BENCH_DEV_ADDR) else {
+        if addr.checked_sub(provision::BENCH_DEV_ADDR).is_none() {
             continue;
-        };
-        let Some(ups) = tracker.recent_tmsts(idx as usize) else {
+        }
+        let Some(ups) = dl.recent_uplinks else {
             continue;
         };
         if port != Some(provision::DOWNLINK_F_PORT) {

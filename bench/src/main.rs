@@ -690,7 +690,7 @@ async fn drive(
     // The last downlinks answer uplinks of the last second: wait out RX1.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let downlinks = generator.tracker.take_downlinks();
-    res.downlinks = load::downlink_timing(&generator.tracker, &downlinks, s.downlinks as u64);
+    res.downlinks = load::downlink_timing(&downlinks, s.downlinks as u64);
     eprintln!(
         "latency @{half:.0}/s: p50 {:.1} p99 {:.1} max {:.1} ms, {}/{} delivered; downlinks {:?}",
         lat.p50_ms, lat.p99_ms, lat.max_ms, lat.delivered, lat.sent, res.downlinks
