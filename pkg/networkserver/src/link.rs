@@ -16,9 +16,11 @@
 //! writer task, many messages per group commit, before any link sends it. A pump task per
 //! link sends, in sequence order, every stored message of its applications after the last
 //! one the AS acknowledged, then the new ones as they are committed. The AS acknowledges
-//! cumulatively (`LinkAck`) once it has handed messages on; only then are they deleted. On
-//! (re)link, or after an NS restart on the same store, everything unacknowledged is sent
-//! again; the AS drops what it already processed by (`ns_instance_id`, sequence).
+//! cumulatively (`LinkAck`) once it has handed messages on; only then are they deleted,
+//! by the writer task with its next batch (the outbox forgets them at once). On (re)link,
+//! or after an NS restart on the same store, everything unacknowledged (or acknowledged
+//! but not yet deleted) is sent again; the AS drops what it already processed by
+//! (`ns_instance_id`, sequence).
 //!
 //! An accepted uplink is not handed over but staged ([`LinkHub::stage`]): its outbox record
 //! is committed in the same batch as the device's new FCnt, so a crash keeps both or neither.

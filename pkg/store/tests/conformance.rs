@@ -1561,6 +1561,24 @@ mod cases {
         assert!(s.get(&T, "after").await.unwrap().is_none());
         s.commit(put("after", Expect::Absent)).await.unwrap();
         assert_eq!(s.get(&T, "after").await.unwrap().unwrap().value, b"after");
+        // Deleted and put again in one batch, and in two batches of one group commit.
+        let mut again = Batch::new();
+        again.delete(&T, "after", Expect::Any);
+        again.put(&T, "after", b"again".to_vec(), Expect::Absent, vec![]);
+        s.commit(again).await.unwrap();
+        assert_eq!(s.get(&T, "after").await.unwrap().unwrap().value, b"again");
+        let mut del = Batch::new();
+        del.delete(&T, "grouped", Expect::Any);
+        let (a, b) = tokio::join!(
+            s.commit_grouped(del),
+            s.commit_grouped(put("grouped", Expect::Any))
+        );
+        a.unwrap();
+        b.unwrap();
+        // Whichever committed last decides; tracked reads must agree with the store's.
+        let stored = s.scan(&T, "grouped", None, 10).await.unwrap().items.len();
+        assert_eq!(s.get(&T, "grouped").await.unwrap().is_some(), stored == 1);
+        s.commit_grouped(put("grouped", Expect::Any)).await.unwrap();
         // Tracking twice changes nothing.
         s.track_keys(&T).await.unwrap();
         assert!(s.get(&T, "before").await.unwrap().is_some());

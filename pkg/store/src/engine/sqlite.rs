@@ -430,30 +430,43 @@ fn writer_loop(
 }
 
 /// Updates the tracked key sets around a commit: before it (`results` None) adds every
-/// put's key; after it removes the keys the committed batches deleted.
+/// put's key; after it removes the keys whose last committed operation was a delete (a
+/// batch may delete a key and put it again).
 fn track_ops(key_sets: &KeySets, batches: &[Batch], results: Option<&[Result<Vec<u64>>]>) {
     if read_lock(key_sets).is_empty() {
         return;
     }
     let mut sets = write_lock(key_sets);
-    for (i, batch) in batches.iter().enumerate() {
-        if results.is_some_and(|r| r.get(i).is_none_or(|r| r.is_err())) {
-            continue;
-        }
-        for op in &batch.ops {
-            match (op, results) {
-                (Op::Put { table, key, .. }, None) => {
-                    if let Some(keys) = sets.get_mut(table.name) {
-                        keys.insert(key.clone());
-                    }
-                }
-                (Op::Delete { table, key, .. }, Some(_)) => {
-                    if let Some(keys) = sets.get_mut(table.name) {
-                        keys.remove(key);
-                    }
-                }
-                _ => {}
+    let Some(results) = results else {
+        for op in batches.iter().flat_map(|b| &b.ops) {
+            if let Op::Put { table, key, .. } = op
+                && let Some(keys) = sets.get_mut(table.name)
+            {
+                keys.insert(key.clone());
             }
+        }
+        return;
+    };
+    let mut deleted: HashMap<(&str, &str), bool> = HashMap::new();
+    let committed = batches
+        .iter()
+        .zip(results)
+        .filter(|(_, r)| r.is_ok())
+        .flat_map(|(b, _)| &b.ops);
+    for op in committed {
+        match op {
+            Op::Put { table, key, .. } if sets.contains_key(table.name) => {
+                deleted.insert((table.name, key), false);
+            }
+            Op::Delete { table, key, .. } if sets.contains_key(table.name) => {
+                deleted.insert((table.name, key), true);
+            }
+            _ => {}
+        }
+    }
+    for ((table, key), gone) in deleted {
+        if gone && let Some(keys) = sets.get_mut(table) {
+            keys.remove(key);
         }
     }
 }
