@@ -339,10 +339,23 @@ impl Outbox {
                 None => break,
             }
         }
+        // Acknowledged but still stored: the writer records an acknowledgement with the
+        // deletes of its batch, and a crash may have cut off the deletes of earlier ones.
+        let mut leftovers = Batch::new();
         for (app, (min, max)) in stored {
-            let a = apps.entry(app).or_default();
-            a.oldest = min;
+            let a = apps.entry(app.clone()).or_default();
+            for sequence in min..=a.acked.min(max) {
+                leftovers.delete(
+                    &LINK_BACKLOG,
+                    format!("{prefix}{app}/{sequence:020}"),
+                    Expect::Any,
+                );
+            }
+            a.oldest = min.max(a.acked + 1);
             a.last = a.last.max(max);
+        }
+        if !leftovers.ops.is_empty() {
+            store.commit(leftovers).await?;
         }
         for a in apps.values_mut() {
             a.oldest = a.oldest.max(1);

@@ -299,6 +299,77 @@ async fn unacknowledged_messages_are_resent_after_a_relink_and_acknowledged_ones
     assert!(metrics(&ns.registry).contains("link_acknowledged_total 4"));
 }
 
+/// A crash may store an acknowledgement before the deletes of earlier ones (the writer
+/// records the application's last one with each batch): a restarted NS neither resends
+/// nor keeps such leftovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_leftovers_of_a_crash_are_deleted_not_resent() {
+    use tern_networkserver::link::LINK_BACKLOG;
+    let dir = tempfile::tempdir().unwrap();
+    let leftover = {
+        let ns = ns(dir.path(), 100).await;
+        let mut as_ = As::link(&ns.hub, Vec::new()).await;
+        deliver(&ns.hub, 1..=3).await;
+        for want in 1..=3 {
+            assert_eq!(as_.up().await.sequence, want);
+        }
+        ns.hub.flush().await;
+        let stored = ns.store.scan(&LINK_BACKLOG, "", None, 10).await.unwrap();
+        assert_eq!(stored.items.len(), 3);
+        as_.ack("app-1", 3, &as_.ns_instance_id.clone()).await;
+        outbox_becomes(
+            &ns.hub,
+            OutboxState {
+                last: 3,
+                acknowledged: 3,
+                kept: 0,
+            },
+        )
+        .await;
+        ns.hub.flush().await;
+        assert!(
+            ns.store
+                .scan(&LINK_BACKLOG, "", None, 10)
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+        ns.store.close().await.unwrap();
+        stored.items[1].clone()
+    };
+    // What the crash left: message 2 still stored under an acknowledgement of 3.
+    {
+        let store = Store::open(&StoreConfig::default(), dir.path())
+            .await
+            .unwrap();
+        let mut batch = tern_store::Batch::new();
+        batch.put(
+            &LINK_BACKLOG,
+            leftover.key.clone(),
+            leftover.value.clone(),
+            tern_store::Expect::Any,
+            Vec::new(),
+        );
+        store.commit(batch).await.unwrap();
+        store.close().await.unwrap();
+    }
+    let ns = ns(dir.path(), 100).await;
+    let mut as_ = As::link(&ns.hub, Vec::new()).await;
+    as_.quiet().await;
+    assert!(
+        ns.store
+            .scan(&LINK_BACKLOG, "", None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "the leftover is deleted at open"
+    );
+    deliver(&ns.hub, 4..=4).await;
+    assert_eq!(as_.up().await.sequence, 4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_messages_survive_an_ns_crash() {
     let dir = tempfile::tempdir().unwrap();
