@@ -460,11 +460,7 @@ impl Generator {
     /// its own, and its MAC layer queues the answers for its next uplink.
     fn read_downlinks(&mut self) {
         while let Ok(raw) = self.heard.try_recv() {
-            // MHDR, then the DevAddr little-endian.
-            let Some(addr) = raw
-                .get(1..5)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            else {
+            let Some((addr, _)) = downlink_addr_port(&raw) else {
                 continue;
             };
             let i = addr.wrapping_sub(provision::BENCH_DEV_ADDR) as usize;
@@ -627,8 +623,9 @@ async fn receive(
                 let ack = semtech::encode_with_eui(d.token, semtech::TX_ACK, eui, None);
                 let _ = socket.send(&ack).await;
                 if let Some((txpk, payload)) = parsed {
-                    // Data downlinks (MType 011 or 101) go to the devices too.
-                    if matches!(payload.first().map(|m| m >> 5), Some(0b011 | 0b101)) {
+                    let data = downlink_addr_port(&payload);
+                    // Data downlinks go to the devices too.
+                    if data.is_some() {
                         let _ = hear.send(payload.clone());
                     }
                     tracker
@@ -639,7 +636,7 @@ async fn receive(
                             arrived_us,
                             arrived_tmst: arrived_us as u32,
                             tmst: txpk.tmst.filter(|_| !txpk.imme),
-                            recent_uplinks: downlink_addr_port(&payload)
+                            recent_uplinks: data
                                 .and_then(|(addr, _)| addr.checked_sub(provision::BENCH_DEV_ADDR))
                                 .and_then(|i| tracker.recent_tmsts(i as usize)),
                             payload,
