@@ -344,13 +344,7 @@ impl Outbox {
         let mut leftovers = Batch::new();
         for (app, (min, max)) in stored {
             let a = apps.entry(app.clone()).or_default();
-            for sequence in min..=a.acked.min(max) {
-                leftovers.delete(
-                    &LINK_BACKLOG,
-                    format!("{prefix}{app}/{sequence:020}"),
-                    Expect::Any,
-                );
-            }
+            delete_backlog(&mut leftovers, &prefix, &app, min..=a.acked.min(max));
             a.oldest = min.max(a.acked + 1);
             a.last = a.last.max(max);
         }
@@ -380,7 +374,7 @@ impl Outbox {
     }
 
     fn key(&self, application_id: &str, sequence: u64) -> String {
-        format!("{}{application_id}/{sequence:020}", self.prefix)
+        backlog_key(&self.prefix, application_id, sequence)
     }
 
     fn state(&self, application_id: &str) -> OutboxState {
@@ -563,13 +557,7 @@ impl Outbox {
     /// Drops `from..=through` of an application's outbox because it is full.
     async fn evict(&self, application_id: &str, from: u64, through: u64) {
         let mut batch = Batch::new();
-        for sequence in from..=through {
-            batch.delete(
-                &LINK_BACKLOG,
-                self.key(application_id, sequence),
-                Expect::Any,
-            );
-        }
+        delete_backlog(&mut batch, &self.prefix, application_id, from..=through);
         if let Err(e) = self.commit(batch).await {
             // Already forgotten in memory: the records stay in the store, and a restart
             // sends them after all (at least once holds; only the drop is undone).
@@ -744,9 +732,7 @@ impl Outbox {
         let mut batch = Batch::new();
         for (app, ranges) in &acked {
             for &(from, through) in ranges {
-                for s in from..=through {
-                    batch.delete(&LINK_BACKLOG, self.key(app, s), Expect::Any);
-                }
+                delete_backlog(&mut batch, &self.prefix, app, from..=through);
             }
             let last = {
                 let apps = self.apps.lock().expect("outbox lock");
@@ -765,6 +751,28 @@ impl Outbox {
             // them (the AS skips what it handled).
             warn!(error = %e, "cannot delete acknowledged messages from the link outbox store");
         }
+    }
+}
+
+/// The outbox record key of an application's message: `{escaped instance}/{app}/{seq}`,
+/// zero-padded so that keys sort in sequence order.
+fn backlog_key(prefix: &str, application_id: &str, sequence: u64) -> String {
+    format!("{prefix}{application_id}/{sequence:020}")
+}
+
+/// Adds the deletes of an application's outbox records `sequences` to `batch`.
+fn delete_backlog(
+    batch: &mut Batch,
+    prefix: &str,
+    application_id: &str,
+    sequences: std::ops::RangeInclusive<u64>,
+) {
+    for sequence in sequences {
+        batch.delete(
+            &LINK_BACKLOG,
+            backlog_key(prefix, application_id, sequence),
+            Expect::Any,
+        );
     }
 }
 
